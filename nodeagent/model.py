@@ -1,0 +1,218 @@
+"""Pure value types shared by every part of the agent.
+
+Keys are raw 32-byte ``bytes``. No type here prints a key or an address in its
+``repr``: a value that ends up in a log line or an exception text by mistake
+must not leak what the provider promised never to record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+KEY_LEN = 32
+ZERO_KEY = bytes(KEY_LEN)
+
+
+def parse_key(text: str) -> bytes:
+    """Decode a WireGuard key written as base64 of 32 bytes; ValueError otherwise."""
+    if not isinstance(text, str) or len(text) != 44 or not text.endswith("="):
+        raise ValueError("not a base64 WireGuard key")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not a base64 WireGuard key") from None
+    if len(raw) != KEY_LEN:
+        raise ValueError("not a base64 WireGuard key")
+    return raw
+
+
+def format_key(key: bytes) -> str:
+    """Base64 text of a key, as ``wg`` writes it."""
+    return base64.b64encode(key).decode("ascii")
+
+
+class AllowedIP(NamedTuple):
+    """A network routed to a peer: packed address (4 or 16 bytes, host bits zero) and prefix."""
+
+    address: bytes
+    cidr: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET if len(self.address) == 4 else socket.AF_INET6
+
+    @classmethod
+    def parse(cls, text: str) -> AllowedIP:
+        """Parse ``10.8.0.2/32`` or ``fd00::2/128``; ValueError if host bits are set."""
+        if not isinstance(text, str):
+            raise ValueError("allowed IP is not a string")
+        addr_text, slash, cidr_text = text.partition("/")
+        family = socket.AF_INET6 if ":" in addr_text else socket.AF_INET
+        try:
+            packed = socket.inet_pton(family, addr_text)
+        except OSError:
+            raise ValueError("allowed IP is not an IP network") from None
+        bits = len(packed) * 8
+        if not slash:
+            cidr = bits
+        elif cidr_text.isdigit() and len(cidr_text) <= 3 and int(cidr_text) <= bits:
+            cidr = int(cidr_text)
+        else:
+            raise ValueError("allowed IP has a bad prefix length")
+        host_mask = (1 << (bits - cidr)) - 1
+        if int.from_bytes(packed, "big") & host_mask:
+            raise ValueError("allowed IP has host bits set")
+        return cls(packed, cidr)
+
+    def __str__(self) -> str:
+        return f"{socket.inet_ntop(self.family, self.address)}/{self.cidr}"
+
+    def __repr__(self) -> str:
+        return "AllowedIP(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A WireGuard peer as the agent manages it: key, optional preshared key, routes.
+
+    Endpoints, handshake times and byte counts are deliberately absent: the
+    agent never needs them to reconcile and so never holds them.
+    """
+
+    public_key: bytes
+    allowed_ips: frozenset[AllowedIP] = frozenset()
+    preshared_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        psk = ", psk" if self.preshared_key else ""
+        return f"Peer(<redacted>, {len(self.allowed_ips)} allowed ips{psk})"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    """The fields of an existing peer that differ from what is desired.
+
+    ``allowed_ips`` is None when unchanged (otherwise the full new set, which
+    replaces the old one). ``preshared_key`` is only meaningful when
+    ``change_preshared_key`` is set; None then means remove the preshared key.
+    """
+
+    public_key: bytes
+    allowed_ips: frozenset[AllowedIP] | None = None
+    change_preshared_key: bool = False
+    preshared_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PeerUpdate(<redacted>, allowed_ips={self.allowed_ips is not None}, "
+            f"psk={self.change_preshared_key})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to send to one interface to make it match the desired peers."""
+
+    add: tuple[Peer, ...] = ()
+    update: tuple[PeerUpdate, ...] = ()
+    remove: tuple[bytes, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.update or self.remove)
+
+    def counts(self) -> dict[str, int]:
+        return {"added": len(self.add), "updated": len(self.update), "removed": len(self.remove)}
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return f"Plan(added={c['added']}, updated={c['updated']}, removed={c['removed']})"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """What a WireGuard interface reports: its identity and its peers."""
+
+    private_key: bytes | None = None
+    listen_port: int = 0
+    peers: Mapping[bytes, Peer] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Device(listen_port={self.listen_port}, peers={len(self.peers)})"
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceSetup:
+    """How to create and configure an interface the agent owns (``create: true``)."""
+
+    private_key: bytes
+    listen_port: int
+    addresses: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"InterfaceSetup(listen_port={self.listen_port}, addresses={len(self.addresses)})"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredInterface:
+    """The peers the feed wants on one interface, with their optional expiry times."""
+
+    peers: Mapping[bytes, Peer] = field(default_factory=dict)
+    expires: Mapping[bytes, datetime] = field(default_factory=dict)
+
+    def active(self, now: datetime) -> dict[bytes, Peer]:
+        """The peers that are desired at ``now``: expired ones are left out."""
+        if not self.expires:
+            return dict(self.peers)
+        return {
+            key: peer
+            for key, peer in self.peers.items()
+            if key not in self.expires or self.expires[key] > now
+        }
+
+    def next_expiry(self, now: datetime) -> datetime | None:
+        future = [t for t in self.expires.values() if t > now]
+        return min(future) if future else None
+
+    def __repr__(self) -> str:
+        return f"DesiredInterface(peers={len(self.peers)})"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An OpenVPN account."""
+
+    username: str
+    password_hash: str
+    expires_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return "User(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """A validated feed document: everything the central service wants on this node."""
+
+    version: str
+    wireguard: Mapping[str, DesiredInterface] = field(default_factory=dict)
+    users: Mapping[str, User] = field(default_factory=dict)
+
+    def peer_count(self) -> int:
+        return sum(len(i.peers) for i in self.wireguard.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"DesiredState(interfaces={len(self.wireguard)}, peers={self.peer_count()}, "
+            f"users={len(self.users)})"
+        )
+
+
+def peers_by_key(peers: Iterable[Peer]) -> dict[bytes, Peer]:
+    return {p.public_key: p for p in peers}

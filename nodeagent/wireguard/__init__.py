@@ -1,0 +1,1 @@
+"""WireGuard backends: the kernel module over generic netlink, and userspace over UAPI."""

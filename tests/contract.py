@@ -1,0 +1,88 @@
+"""The contract every WireGuard backend passes: the fake, wireguard-go and the kernel module.
+
+A subclass provides the ``backend`` fixture (an empty interface). Each test
+walks a sequence of desired states and checks after every step that the state
+read back equals the desired state exactly, and that planning again is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from nodeagent.model import AllowedIP, Peer, Plan
+from nodeagent.reconcile import plan
+from nodeagent.wireguard.backend import Backend
+
+from .peerdata import key, make_peers, v4, wide_peer
+
+
+def converge(backend: Backend, desired: Mapping[bytes, Peer]) -> Plan:
+    p = plan(desired, backend.read().peers)
+    backend.apply(p)
+    got = dict(backend.read().peers)
+    assert len(got) == len(desired)
+    assert got == dict(desired), "read-back differs from desired state"
+    assert plan(desired, got).empty
+    return p
+
+
+class BackendContract:
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError
+
+    def test_empty_interface_reads_empty(self, backend: Backend) -> None:
+        assert dict(backend.read().peers) == {}
+        backend.apply(Plan())
+        assert dict(backend.read().peers) == {}
+
+    def test_lifecycle_2000_peers(self, backend: Backend) -> None:
+        desired = make_peers(2000)
+        wide = wide_peer(300)
+        desired[wide.public_key] = wide
+        p = converge(backend, desired)
+        assert len(p.add) == 2001
+
+        # Change allowed IPs of 200 peers, including the wide one.
+        keys = sorted(desired)
+        for i, k in enumerate(keys[:200]):
+            old = desired[k]
+            desired[k] = Peer(k, frozenset({v4(i, 11), v4(i, 12)}), old.preshared_key)
+        desired[wide.public_key] = wide_peer(300, shift=7)
+        p = converge(backend, desired)
+        assert len(p.update) == 201 and not p.add and not p.remove
+
+        # Change some preshared keys, drop others, add one where there was none.
+        for i, k in enumerate(keys[200:500]):
+            old = desired[k]
+            new_psk = None if i % 2 else key("psk2", i)
+            desired[k] = Peer(k, old.allowed_ips, new_psk)
+        p = converge(backend, desired)
+        assert p.update and all(u.allowed_ips is None for u in p.update)
+
+        # Remove 700 peers and add 50 new ones in the same plan.
+        for k in keys[1000:1700]:
+            del desired[k]
+        desired.update(make_peers(50, tag="late", v4_base=13, v6_base="fd00:13"))
+        p = converge(backend, desired)
+        assert len(p.remove) == 700 and len(p.add) == 50
+
+        # The same state again sends nothing.
+        assert plan(desired, backend.read().peers).empty
+
+    def test_allowed_ip_moves_between_peers(self, backend: Backend) -> None:
+        a, b = key("move", 1), key("move", 2)
+        ip = AllowedIP.parse("10.9.0.7/32")
+        converge(backend, {a: Peer(a, frozenset({ip})), b: Peer(b)})
+        converge(backend, {a: Peer(a), b: Peer(b, frozenset({ip}))})
+        # Move the address to a brand-new peer while removing its old owner.
+        c = key("move", 3)
+        converge(backend, {a: Peer(a), c: Peer(c, frozenset({ip}))})
+
+    def test_peer_without_allowed_ips(self, backend: Backend) -> None:
+        a = key("bare", 1)
+        converge(backend, {a: Peer(a)})
+        converge(backend, {a: Peer(a, preshared_key=key("psk", 5))})
+        converge(backend, {})

@@ -1,0 +1,55 @@
+"""An in-memory WireGuard backend for the unit tier. It passes the same contract suite."""
+
+from __future__ import annotations
+
+from nodeagent.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.reconcile import apply_to
+from nodeagent.wireguard.backend import InterfaceMissing
+
+
+class FakeBackend:
+    def __init__(self, interface: str = "wgfake0", *, exists: bool = True) -> None:
+        self._interface = interface
+        self.exists = exists
+        self.peers: dict[bytes, Peer] = {}
+        self.private_key: bytes | None = None
+        self.listen_port = 0
+        self.applied: list[Plan] = []
+        self.fail_next_apply = False
+
+    @property
+    def interface(self) -> str:
+        return self._interface
+
+    def read(self) -> Device:
+        if not self.exists:
+            raise InterfaceMissing(f"{self._interface}: no such interface")
+        return Device(self.private_key, self.listen_port, dict(self.peers))
+
+    def apply(self, plan: Plan) -> None:
+        if not self.exists:
+            raise InterfaceMissing(f"{self._interface}: no such interface")
+        if self.fail_next_apply:
+            self.fail_next_apply = False
+            raise InterfaceMissing(f"{self._interface}: injected failure")
+        self.applied.append(plan)
+        # The kernel's behaviour: an allowed IP given to one peer leaves any other.
+        for peer in plan.add:
+            self._steal(peer.public_key, peer.allowed_ips)
+        for u in plan.update:
+            if u.allowed_ips is not None:
+                self._steal(u.public_key, u.allowed_ips)
+        self.peers = apply_to(self.peers, plan)
+
+    def _steal(self, owner: bytes, ips: frozenset[object]) -> None:
+        for k, p in list(self.peers.items()):
+            if k != owner and p.allowed_ips & ips:
+                self.peers[k] = Peer(k, p.allowed_ips - ips, p.preshared_key)
+
+    def setup(self, setup: InterfaceSetup) -> None:
+        self.exists = True
+        self.private_key = setup.private_key
+        self.listen_port = setup.listen_port
+
+    def close(self) -> None:
+        pass

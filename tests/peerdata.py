@@ -1,0 +1,47 @@
+"""Deterministic peer sets for the contract suite and the benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+
+from nodeagent.model import AllowedIP, Peer
+
+
+def key(tag: str, i: int) -> bytes:
+    return hashlib.sha256(f"{tag}:{i}".encode()).digest()
+
+
+def v4(i: int, base: int = 10, prefix: int = 32) -> AllowedIP:
+    return AllowedIP.parse(f"{base}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/{prefix}")
+
+
+def v6(i: int, base: str = "fd00:8") -> AllowedIP:
+    return AllowedIP.parse(f"{base}::{i >> 16:x}:{i & 0xFFFF:x}/128")
+
+
+def make_peers(
+    n: int, *, tag: str = "peer", v4_base: int = 10, v6_base: str = "fd00:8"
+) -> dict[bytes, Peer]:
+    """``n`` peers: every one has an IPv4 /32, every second an IPv6 /128, every third a psk."""
+    peers: dict[bytes, Peer] = {}
+    for i in range(n):
+        ips = {v4(i, v4_base)}
+        if i % 2 == 0:
+            ips.add(v6(i, v6_base))
+        psk = key("psk", i) if i % 3 == 0 else None
+        pk = key(tag, i)
+        peers[pk] = Peer(pk, frozenset(ips), psk)
+    return peers
+
+
+def wide_peer(n_ips: int = 300, *, shift: int = 0) -> Peer:
+    """One peer routing ``n_ips`` networks (more than fit in one netlink message)."""
+    ips: set[AllowedIP] = set()
+    for k in range(n_ips):
+        j = k + shift
+        if k % 3 == 2:
+            ips.add(AllowedIP.parse(f"fd77:{j >> 8:x}:{j & 255:x}::/48"))
+        else:
+            ips.add(AllowedIP.parse(f"172.{16 + (j >> 8)}.{j & 255}.0/24"))
+    pk = key("wide", 0)
+    return Peer(pk, frozenset(ips), key("psk", 999_999))

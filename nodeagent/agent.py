@@ -1,0 +1,299 @@
+"""The daemon: feed watcher, reconciler and watchdog under one supervisor.
+
+Readable top to bottom: ``run()`` installs signal handlers, starts named tasks,
+waits for the stop event, then cancels and drains the tasks with a timeout.
+SIGTERM/SIGINT stop, SIGHUP reloads the configuration (a bad new one keeps the
+old one running) and re-reads the feed. The kernel is never touched on the way
+out: stopping or restarting the agent leaves every peer where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .config import Config, ConfigError, WireguardInterfaceConfig, load_config, read_private_key
+from .feed import FeedError, FileStamp, read_file_feed, stamp
+from .model import DesiredState, InterfaceSetup
+from .sdnotify import Notifier
+from .sync import RemovalRefused, SyncOutcome, sync_interface
+from .wireguard import Backend, BackendError, open_backend
+
+log = logging.getLogger(__name__)
+
+FEED_POLL_SECONDS = 1.0
+SHUTDOWN_TIMEOUT = 10.0
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+
+BackendFactory = Callable[[WireguardInterfaceConfig], Backend]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def setup_for(cfg: WireguardInterfaceConfig) -> InterfaceSetup | None:
+    """What ``create: true`` asks of an interface, with its private key read from disk."""
+    if not cfg.create or cfg.private_key_file is None or cfg.listen_port is None:
+        return None
+    return InterfaceSetup(read_private_key(cfg.private_key_file), cfg.listen_port, cfg.addresses)
+
+
+def reconcile_all(
+    config: Config,
+    backends: Mapping[str, Backend],
+    desired: DesiredState,
+    now: datetime,
+) -> list[SyncOutcome]:
+    """One pass over every configured interface; the first failure is raised after the rest ran."""
+    outcomes: list[SyncOutcome] = []
+    failure: Exception | None = None
+    for cfg in config.wireguard.interfaces:
+        want = desired.wireguard.get(cfg.name)
+        if want is None:
+            # Absent from the feed is not "no peers": leave the interface as it is.
+            log.warning("peer_sync skipped interface=%s reason=not_in_feed", cfg.name)
+            continue
+        try:
+            outcomes.append(
+                sync_interface(backends[cfg.name], want, now, config.feed.max_removal_ratio)
+            )
+        except (BackendError, RemovalRefused, OSError) as e:
+            failure = failure or e
+    if failure is not None:
+        raise failure
+    return outcomes
+
+
+@dataclass
+class AgentState:
+    """What the agent knows about itself; read by status endpoints, never holds peer data."""
+
+    feed_version: str | None = None
+    feed_loaded_at: float | None = None
+    feed_errors: int = 0
+    sync_errors: int = 0
+    syncs: int = 0
+    first_sync_ok: bool = False
+    last_outcomes: list[SyncOutcome] = field(default_factory=list)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backend_factory: BackendFactory = open_backend,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.state = AgentState()
+        self._factory = backend_factory
+        self._notifier = notifier or Notifier()
+        self._clock = clock
+        self._backends: dict[str, Backend] = {}
+        self._desired: DesiredState | None = None
+        self._feed_stamp: FileStamp | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload = False
+        self._setup_done: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self._open_backends()
+        tasks = [
+            asyncio.create_task(self._reconciler(), name="reconciler"),
+            asyncio.create_task(self._feed_watcher(), name="feed-watcher"),
+        ]
+        if self._notifier.watchdog_interval:
+            tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
+        self._notifier.ready()
+        try:
+            stop = asyncio.create_task(self._stop.wait(), name="stop")
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop and t.exception() is not None:
+                    log.error("task_failed task=%s", t.get_name(), exc_info=t.exception())
+        finally:
+            self._notifier.stopping()
+            log.info("agent stopping")
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self._close_backends()
+            log.info("agent stopped")
+
+    def _open_backends(self) -> None:
+        for cfg in self.config.wireguard.interfaces:
+            if cfg.name not in self._backends:
+                self._backends[cfg.name] = self._factory(cfg)
+
+    def _close_backends(self) -> None:
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                backend.close()
+        self._backends.clear()
+
+    # -- tasks ---------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        assert self._notifier.watchdog_interval
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(self._notifier.watchdog_interval)
+
+    async def _feed_watcher(self) -> None:
+        """Re-read the file feed whenever it changes (inode, size or mtime)."""
+        while True:
+            path = self.config.feed.path
+            if path is not None:
+                current = await asyncio.to_thread(stamp, path)
+                if current != self._feed_stamp:
+                    await self._load_feed(path)
+            await asyncio.sleep(FEED_POLL_SECONDS)
+
+    async def _load_feed(self, path: str) -> None:
+        try:
+            desired, st = await asyncio.to_thread(read_file_feed, path)
+        except FeedError as e:
+            self._feed_stamp = stamp(path)
+            self.state.feed_errors += 1
+            # FeedError names a position in the document, never a value from it.
+            log.error("feed_rejected source=file reason=%s", e)
+            return
+        except OSError as e:
+            self._feed_stamp = None
+            self.state.feed_errors += 1
+            log.error("feed_unreadable source=file errno=%s", e.errno)
+            return
+        self._feed_stamp = st
+        self._desired = desired
+        self.state.feed_version = desired.version
+        self.state.feed_loaded_at = time.time()
+        log.info(
+            "feed_loaded source=file interfaces=%d peers=%d users=%d",
+            len(desired.wireguard),
+            desired.peer_count(),
+            len(desired.users),
+        )
+        self._wake.set()
+
+    async def _reconciler(self) -> None:
+        retry = RETRY_MIN
+        failed = False
+        while True:
+            # Cleared before the pass, so a wake-up that arrives during it is not lost.
+            self._wake.clear()
+            if self._reload:
+                self._reload = False
+                await self._do_reload()
+            if self._desired is not None:
+                try:
+                    await asyncio.to_thread(self._reconcile_once, self._desired)
+                except Exception as e:  # noqa: BLE001 - any failure: count, back off, read back
+                    failed = True
+                    self.state.sync_errors += 1
+                    log.error("peer_sync failed error=%s retry_s=%.0f", type(e).__name__, retry)
+                else:
+                    failed, retry = False, RETRY_MIN
+            timeout = self._next_wakeup(retry if failed else None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if failed:
+                retry = min(retry * 2, RETRY_MAX)
+
+    def _next_wakeup(self, retry: float | None) -> float:
+        """Seconds until the next pass: drift repair, the next expiry, or a retry."""
+        delay = self.config.wireguard.resync_interval
+        if retry is not None:
+            delay = min(delay, retry)
+        if self._desired is not None:
+            now = self._clock()
+            for iface in self._desired.wireguard.values():
+                nxt = iface.next_expiry(now)
+                if nxt is not None:
+                    delay = min(delay, max((nxt - now).total_seconds(), 0.0) + 0.01)
+        return delay
+
+    def _reconcile_once(self, desired: DesiredState) -> None:
+        for cfg in self.config.wireguard.interfaces:
+            if cfg.name not in self._setup_done:
+                setup = setup_for(cfg)
+                if setup is not None:
+                    self._backends[cfg.name].setup(setup)
+                    log.info("interface_setup interface=%s", cfg.name)
+                self._setup_done.add(cfg.name)
+        outcomes = reconcile_all(self.config, self._backends, desired, self._clock())
+        self.state.syncs += 1
+        self.state.first_sync_ok = True
+        self.state.last_outcomes = outcomes
+        for o in outcomes:
+            if o.added or o.updated or o.removed:
+                log.info("peer_sync applied %s", o.event())
+            else:
+                log.debug("peer_sync unchanged %s", o.event())
+
+    async def _do_reload(self) -> None:
+        log.info("config_reload requested")
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as e:
+            log.error("config_reload_failed problems=%d keeping=old", len(e.problems))
+            for problem in e.problems:
+                log.error("config_problem %s", problem)
+            return
+        old_ifaces = {c.name: c for c in self.config.wireguard.interfaces}
+        new_ifaces = {c.name: c for c in new.wireguard.interfaces}
+        for name, cfg in old_ifaces.items():
+            if new_ifaces.get(name) != cfg:
+                backend = self._backends.pop(name, None)
+                if backend is not None:
+                    backend.close()
+                self._setup_done.discard(name)
+        self.config = new
+        self._open_backends()
+        # Re-read the feed even when the file did not change: SIGHUP means "look again".
+        self._feed_stamp = None
+        if new.feed.path is not None:
+            await self._load_feed(new.feed.path)
+        log.info("config_reload done interfaces=%d", len(new.wireguard.interfaces))
+
+
+def sync_once(config: Config, backend_factory: BackendFactory = open_backend) -> list[SyncOutcome]:
+    """``nodeagent sync --once``: one reconcile of every interface from the feed."""
+    if config.feed.path is None:
+        raise FeedError("sync --once needs feed.path (the HTTP feed arrives in a later release)")
+    desired, _ = read_file_feed(config.feed.path)
+    backends = {c.name: backend_factory(c) for c in config.wireguard.interfaces}
+    try:
+        for cfg in config.wireguard.interfaces:
+            setup = setup_for(cfg)
+            if setup is not None:
+                backends[cfg.name].setup(setup)
+        return reconcile_all(config, backends, desired, utcnow())
+    finally:
+        for backend in backends.values():
+            backend.close()

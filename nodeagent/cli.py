@@ -1,0 +1,92 @@
+"""Command line: the only place that turns errors into exit codes.
+
+0 ok, 1 runtime failure, 2 usage, 78 configuration error (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .feed import FeedError
+from .logs import setup_logging
+from .sync import RemovalRefused
+from .wireguard import BackendError
+
+EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodeagent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nodeagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    sync = sub.add_parser("sync", help="reconcile every interface from the feed")
+    sync.add_argument("-c", "--config", required=True, metavar="FILE")
+    sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EX_USAGE if e.code not in (0, None) else EX_OK
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    if args.command == "check-config":
+        print(f"{args.config}: ok")
+        return EX_OK
+    setup_logging(config.log.level, config.log.format)
+    if args.command == "sync":
+        return _sync_once(config)
+    return _run(config)
+
+
+def _sync_once(config: Config) -> int:
+    from .agent import sync_once
+
+    try:
+        outcomes = sync_once(config)
+    except (FeedError, BackendError, RemovalRefused, OSError) as e:
+        # These messages name positions, interfaces and counts, never keys or addresses.
+        print(f"nodeagent: sync failed: {e}", file=sys.stderr)
+        return EX_FAILURE
+    for o in outcomes:
+        print(
+            f"{o.interface}: added={o.added} updated={o.updated} removed={o.removed} "
+            f"unchanged={o.unchanged}"
+        )
+    return EX_OK
+
+
+def _run(config: Config) -> int:
+    from .agent import Agent
+
+    try:
+        asyncio.run(Agent(config).run())
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:  # noqa: BLE001 - the daemon's last word, then a clean exit code
+        log.error("agent_failed error=%s", type(e).__name__)
+        return EX_FAILURE
+    return EX_OK

@@ -1,0 +1,102 @@
+"""Feed validation: all-or-nothing, and error messages that quote no value."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from nodeagent.feed import FeedError, parse_snapshot
+from nodeagent.model import AllowedIP, format_key
+from tests.peerdata import key
+
+K1, K2 = format_key(key("f", 1)), format_key(key("f", 2))
+PSK = format_key(key("fpsk", 1))
+
+
+def doc(peers: list[dict[str, Any]], users: list[dict[str, Any]] | None = None) -> str:
+    d: dict[str, Any] = {"version": "v1", "full": True, "wireguard": {"wg0": {"peers": peers}}}
+    if users is not None:
+        d["openvpn"] = {"users": users}
+    return json.dumps(d)
+
+
+GOOD_USER = {"username": "u48151623", "password_hash": "scrypt$16384$8$1$c2FsdA==$aGFzaA=="}
+
+
+def test_valid_snapshot() -> None:
+    state = parse_snapshot(
+        doc(
+            [
+                {"public_key": K1, "allowed_ips": ["10.8.0.2/32", "fd00:8::2/128"]},
+                {"public_key": K2, "preshared_key": PSK, "expires_at": "2027-01-01T00:00:00Z"},
+            ],
+            [GOOD_USER],
+        )
+    )
+    wg0 = state.wireguard["wg0"]
+    assert state.version == "v1" and len(wg0.peers) == 2
+    assert wg0.peers[key("f", 1)].allowed_ips == {
+        AllowedIP.parse("10.8.0.2/32"),
+        AllowedIP.parse("fd00:8::2/128"),
+    }
+    assert wg0.peers[key("f", 2)].preshared_key == key("fpsk", 1)
+    assert wg0.expires[key("f", 2)] == datetime(2027, 1, 1, tzinfo=UTC)
+    assert list(state.users) == ["u48151623"]
+
+
+def test_expired_peers_are_not_active() -> None:
+    state = parse_snapshot(
+        doc(
+            [
+                {"public_key": K1, "expires_at": "2026-01-01T00:00:00Z"},
+                {"public_key": K2, "expires_at": "2027-01-01T00:00:00+00:00"},
+            ]
+        )
+    )
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert list(state.wireguard["wg0"].active(now)) == [key("f", 2)]
+    assert state.wireguard["wg0"].next_expiry(now) == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+BAD = [
+    ("not json", "{", "not valid JSON"),
+    ("no version", json.dumps({"full": True}), "version"),
+    ("not full", json.dumps({"version": "1", "full": False}), "full"),
+    ("short key", doc([{"public_key": "AAAA"}]), "peers[0].public_key"),
+    ("hex key", doc([{"public_key": key("f", 1).hex()}]), "peers[0].public_key"),
+    ("bad psk", doc([{"public_key": K1, "preshared_key": K1[:-2]}]), "preshared_key"),
+    ("host bits", doc([{"public_key": K1, "allowed_ips": ["10.8.0.1/24"]}]), "host bits"),
+    ("not an ip", doc([{"public_key": K1, "allowed_ips": ["10.8.0.300/32"]}]), "allowed_ips[0]"),
+    (
+        "dup ip",
+        doc(
+            [
+                {"public_key": K1, "allowed_ips": ["10.8.0.2/32"]},
+                {"public_key": K2, "allowed_ips": ["10.8.0.2/32"]},
+            ]
+        ),
+        "peers[1].allowed_ips",
+    ),
+    ("dup key", doc([{"public_key": K1}, {"public_key": K1}]), "duplicate public key"),
+    ("bad expiry", doc([{"public_key": K1, "expires_at": "tomorrow"}]), "expires_at"),
+    ("naive expiry", doc([{"public_key": K1, "expires_at": "2027-01-01T00:00:00"}]), "expires_at"),
+    ("unknown field", doc([{"public_key": K1, "endpoint": "192.0.2.9:51820"}]), "unknown field"),
+    ("bad scheme", doc([], [{**GOOD_USER, "password_hash": "md5$abc"}]), "hash scheme"),
+    ("dup user", doc([], [GOOD_USER, GOOD_USER]), "duplicate username"),
+    ("user expiry", doc([], [{**GOOD_USER, "expires_at": "2027-13-01T00:00:00Z"}]), "expires_at"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "fragment"), BAD, ids=[b[0] for b in BAD])
+def test_bad_documents_are_rejected_without_quoting_values(
+    name: str, text: str, fragment: str
+) -> None:
+    with pytest.raises(FeedError) as info:
+        parse_snapshot(text)
+    message = str(info.value)
+    assert fragment in message
+    for secret in (K1, K2, PSK, key("f", 1).hex(), "10.8.0", "192.0.2.9", "u48151623", "md5$"):
+        assert secret not in message

@@ -1,0 +1,39 @@
+# nodeagent: `make test` runs every tier, each installing what it needs first.
+PYTHON ?= python3
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+APT = scripts/ensure-apt
+
+NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping
+KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2
+
+.PHONY: test test-unit test-netns test-kernel lint bench demo deps-python deps-netns deps-kernel
+
+test: lint test-unit test-netns test-kernel
+
+deps-python:
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
+
+deps-netns: deps-python
+	$(APT) $(NETNS_PKGS)
+
+deps-kernel: deps-python
+	$(APT) $(KERNEL_PKGS)
+
+lint: deps-python
+	$(PYTHON) -m ruff check nodeagent tests bench
+	$(PYTHON) -m ruff format --check nodeagent tests bench
+	$(PYTHON) -m mypy nodeagent
+
+test-unit: deps-python
+	$(PYTEST) tests/unit
+
+test-netns: deps-netns
+	$(PYTEST) tests/netns
+
+# Boots a real kernel once (virtme-ng under qemu) and runs the whole tier inside it.
+test-kernel: deps-kernel
+	$(PYTHON) -m tests.kernel.vm -- $(PYTEST) tests/kernel
+
+bench: deps-netns deps-kernel
+	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) bench/kernel_bench.py
+	$(PYTHON) bench/uapi_bench.py

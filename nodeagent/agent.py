@@ -213,7 +213,7 @@ class Agent:
             if self._desired is not None:
                 try:
                     await asyncio.to_thread(self._reconcile_once, self._desired)
-                except Exception as e:  # noqa: BLE001 - any failure: count, back off, read back
+                except Exception as e:  # any failure: count, back off, read back
                     failed = True
                     self.state.sync_errors += 1
                     log.error("peer_sync failed error=%s retry_s=%.0f", type(e).__name__, retry)

@@ -86,7 +86,7 @@ def _run(config: Config) -> int:
         asyncio.run(Agent(config).run())
     except KeyboardInterrupt:
         pass
-    except Exception as e:  # noqa: BLE001 - the daemon's last word, then a clean exit code
+    except Exception as e:  # the daemon's last word, then an exit code
         log.error("agent_failed error=%s", type(e).__name__)
         return EX_FAILURE
     return EX_OK

@@ -42,7 +42,7 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
 
 
 def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
-    """The peers an interface holds after ``p`` is applied to ``actual`` (the model of a backend)."""
+    """The peers an interface holds once ``p`` is applied to ``actual``: a backend's model."""
     result = dict(actual)
     for peer in p.add:
         result[peer.public_key] = peer

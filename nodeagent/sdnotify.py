@@ -5,6 +5,7 @@ A datagram to ``$NOTIFY_SOCKET``; a no-op when systemd did not ask for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -27,11 +28,12 @@ class Notifier:
     def notify(self, *fields: str) -> None:
         if not self._address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            try:
-                s.sendto("\n".join(fields).encode(), self._address)
-            except OSError:
-                pass  # systemd gone or socket unreachable: nothing useful to do
+        # systemd gone or its socket unreachable: nothing useful to do about it.
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s,
+        ):
+            s.sendto("\n".join(fields).encode(), self._address)
 
     def ready(self) -> None:
         self.notify("READY=1", "STATUS=running")

@@ -1,0 +1,167 @@
+"""The userspace WireGuard backend: wireguard-go or boringtun over their UAPI socket.
+
+One short-lived AF_UNIX connection per operation, as ``wg`` does: the daemon
+drops a connection after a failed transaction, and a fresh one per call leaves
+no state to go stale between reconciles. A whole plan is one ``set=1``
+transaction, so the daemon applies it under one lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from ..model import Device, InterfaceSetup, Plan
+from . import uapi_text
+from .backend import BackendError, InterfaceMissing
+from .link import ensure_addresses_up
+
+log = logging.getLogger(__name__)
+
+SOCKET_DIR = "/var/run/wireguard"
+_CHUNK = 1 << 18
+
+#: Sends one request to a UAPI socket and returns the whole reply as text.
+Exchange = Callable[[str, bytes], str]
+
+
+def default_socket_path(interface: str) -> str:
+    """Where wireguard-go listens for ``interface``."""
+    return f"{SOCKET_DIR}/{interface}.sock"
+
+
+def _errno_name(code: int) -> str:
+    return errno_mod.errorcode.get(abs(code), str(code))
+
+
+def exchange(socket_path: str, request: bytes, timeout: float = 60.0) -> str:
+    """Send ``request`` and read the reply up to its terminating blank line.
+
+    A reply's lines are never empty, so the first ``\\n\\n`` in the stream ends
+    it. Chunks are kept as bytes and decoded once: a 20,000-peer ``get`` is
+    several megabytes. Raises FileNotFoundError/ConnectionRefusedError when no
+    daemon listens, ConnectionError when it hangs up before a full reply.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        # The daemon stops reading at the first bad line, answers, and hangs
+        # up; its errno may still be waiting to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)
+        chunks: list[bytes] = []
+        tail = b""
+        while True:
+            try:
+                chunk = sock.recv(_CHUNK)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise ConnectionError("UAPI daemon closed the connection before replying")
+            chunks.append(chunk)
+            if b"\n\n" in tail + chunk[:1] or b"\n\n" in chunk:
+                break
+            tail = chunk[-1:]
+    return b"".join(chunks).decode("ascii", errors="replace")
+
+
+class UapiBackend:
+    """A WireGuard interface run by a userspace daemon, reached through its UAPI socket."""
+
+    def __init__(
+        self,
+        interface: str,
+        socket_path: str | None = None,
+        *,
+        netns: str | None = None,
+        timeout: float = 60.0,
+        exchange_fn: Exchange | None = None,
+    ) -> None:
+        """``netns`` is the namespace holding the daemon's tun link, used by ``setup`` only.
+
+        ``exchange_fn`` replaces the socket conversation (tests, instrumentation).
+        """
+        self._interface = interface
+        self.socket_path = socket_path or default_socket_path(interface)
+        self._netns = netns
+        self._exchange: Exchange = exchange_fn or (
+            lambda path, req: exchange(path, req, timeout=timeout)
+        )
+
+    @property
+    def interface(self) -> str:
+        return self._interface
+
+    def _request(self, request: bytes, op: str) -> str:
+        try:
+            return self._exchange(self.socket_path, request)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise InterfaceMissing(
+                f"{self._interface}: no userspace WireGuard daemon on its UAPI socket"
+            ) from None
+        except TimeoutError:
+            raise BackendError(f"{self._interface}: {op} timed out on the UAPI socket") from None
+        except OSError as e:
+            reason = _errno_name(e.errno) if e.errno else "connection closed"
+            raise BackendError(
+                f"{self._interface}: {op} failed on the UAPI socket ({reason})"
+            ) from None
+
+    def read(self) -> Device:
+        """The device's private key, port and peers, as the daemon reports them."""
+        reply = self._request(uapi_text.GET_REQUEST, "get")
+        try:
+            device, code = uapi_text.parse_get_reply(reply)
+        except uapi_text.UapiProtocolError as e:
+            raise BackendError(f"{self._interface}: get: {e}") from None
+        if code:
+            raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
+        return device
+
+    def _set(self, lines: list[str], op: str) -> None:
+        request = uapi_text.set_request(lines)
+        if not request:
+            return
+        reply = self._request(request, op)
+        try:
+            code = uapi_text.parse_set_reply(reply)
+        except uapi_text.UapiProtocolError as e:
+            raise BackendError(f"{self._interface}: {op}: {e}") from None
+        if code:
+            raise BackendError(f"{self._interface}: {op} refused, errno {_errno_name(code)}")
+
+    def apply(self, plan: Plan) -> None:
+        """Send the whole plan as one transaction; an empty plan sends nothing."""
+        if plan.empty:
+            return
+        start = time.monotonic()
+        self._set(uapi_text.plan_lines(plan), "set peers")
+        c = plan.counts()
+        log.debug(
+            "uapi_apply interface=%s added=%d updated=%d removed=%d ms=%d",
+            self._interface,
+            c["added"],
+            c["updated"],
+            c["removed"],
+            (time.monotonic() - start) * 1000,
+        )
+
+    def setup(self, setup: InterfaceSetup) -> None:
+        """Set key and port where they differ, then add missing addresses and bring the link up.
+
+        A userspace daemon creates its own interface: if none is listening,
+        this raises InterfaceMissing rather than starting one.
+        """
+        current = self.read()
+        want_key = uapi_text.clamp_private_key(setup.private_key)
+        private_key = setup.private_key if current.private_key != want_key else None
+        port = setup.listen_port if current.listen_port != setup.listen_port else None
+        self._set(uapi_text.device_lines(private_key, port), "set device")
+        ensure_addresses_up(self._interface, setup.addresses, netns=self._netns)
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own connection."""

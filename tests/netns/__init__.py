@@ -1,0 +1,1 @@
+"""Root tier: real wireguard-go in network namespaces."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from pathlib import Path
 
-from nodeagent.model import AllowedIP, Peer
+from nodeagent.model import AllowedIP, Peer, format_key
 
 
 def key(tag: str, i: int) -> bytes:
@@ -45,3 +48,32 @@ def wide_peer(n_ips: int = 300, *, shift: int = 0) -> Peer:
             ips.add(AllowedIP.parse(f"172.{16 + (j >> 8)}.{j & 255}.0/24"))
     pk = key("wide", 0)
     return Peer(pk, frozenset(ips), key("psk", 999_999))
+
+
+def feed_document(
+    peers: dict[bytes, Peer],
+    interface: str,
+    version: str = "v1",
+    expires: dict[bytes, str] | None = None,
+) -> str:
+    """A full feed snapshot (DESIGN.md, "The feed") holding ``peers`` for ``interface``."""
+    items: list[dict[str, object]] = []
+    for p in peers.values():
+        item: dict[str, object] = {
+            "public_key": format_key(p.public_key),
+            "allowed_ips": sorted(str(ip) for ip in p.allowed_ips),
+        }
+        if p.preshared_key:
+            item["preshared_key"] = format_key(p.preshared_key)
+        if expires and p.public_key in expires:
+            item["expires_at"] = expires[p.public_key]
+        items.append(item)
+    doc = {"version": version, "full": True, "wireguard": {interface: {"peers": items}}}
+    return json.dumps(doc)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename, as a feed writer should."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,22 +12,11 @@ from nodeagent.lab.netns import TunnelPair
 from nodeagent.model import AllowedIP, Peer, format_key
 from nodeagent.reconcile import plan
 from nodeagent.wireguard.uapi import UapiBackend
-from tests.peerdata import make_peers
+from tests.peerdata import feed_document, make_peers, write_atomic
 
 
 def write_feed(path: Path, peers: dict[bytes, Peer], interface: str, version: str) -> None:
-    items = [
-        {
-            "public_key": format_key(p.public_key),
-            "allowed_ips": sorted(str(ip) for ip in p.allowed_ips),
-            **({"preshared_key": format_key(p.preshared_key)} if p.preshared_key else {}),
-        }
-        for p in peers.values()
-    ]
-    doc = {"version": version, "full": True, "wireguard": {interface: {"peers": items}}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_atomic(path, feed_document(peers, interface, version))
 
 
 def desired_peers(pair: TunnelPair) -> dict[bytes, Peer]:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from nodeagent.agent import Agent, sync_once
 from nodeagent.config import Config, WireguardInterfaceConfig, load_config
-from nodeagent.model import Peer, format_key
+from nodeagent.model import Peer
 from nodeagent.reconcile import plan
 from tests.fakes import FakeBackend
-from tests.peerdata import key, make_peers
+from tests.peerdata import feed_document, key, make_peers, write_atomic
 
 CONFIG = """\
 node:
@@ -37,24 +35,7 @@ log:
 def feed_doc(
     peers: dict[bytes, Peer], version: str = "v1", expires: dict[bytes, str] | None = None
 ) -> str:
-    items: list[dict[str, Any]] = []
-    for p in peers.values():
-        item: dict[str, Any] = {
-            "public_key": format_key(p.public_key),
-            "allowed_ips": sorted(str(ip) for ip in p.allowed_ips),
-        }
-        if p.preshared_key:
-            item["preshared_key"] = format_key(p.preshared_key)
-        if expires and p.public_key in expires:
-            item["expires_at"] = expires[p.public_key]
-        items.append(item)
-    return json.dumps({"version": version, "full": True, "wireguard": {"wgu0": {"peers": items}}})
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return feed_document(peers, "wgu0", version, expires)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

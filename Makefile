@@ -3,7 +3,8 @@ PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
 APT = scripts/ensure-apt
 
-NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping
+UNIT_PKGS = prometheus
+NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2
 
 .PHONY: test test-unit test-netns test-kernel lint bench demo deps-python deps-netns deps-kernel
@@ -25,6 +26,7 @@ lint: deps-python
 	$(PYTHON) -m mypy nodeagent
 
 test-unit: deps-python
+	$(APT) $(UNIT_PKGS)
 	$(PYTEST) tests/unit
 
 test-netns: deps-netns
@@ -35,5 +37,7 @@ test-kernel: deps-kernel
 	$(PYTHON) -m tests.kernel.vm -- $(PYTEST) tests/kernel
 
 bench: deps-netns deps-kernel
+	$(APT) wrk
 	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) bench/kernel_bench.py
 	$(PYTHON) bench/uapi_bench.py
+	$(PYTHON) bench/status_bench.py

@@ -18,10 +18,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import __version__
 from .config import Config, ConfigError, WireguardInterfaceConfig, load_config, read_private_key
 from .feed import FeedError, FileStamp, read_file_feed, stamp
+from .http import HttpServer, Sources
+from .load.sampler import LoadSampler
+from .metrics import MetricsSnapshot, ReconcileStats, feed_age, make_registry
 from .model import DesiredState, InterfaceSetup
+from .push import Pusher
 from .sdnotify import Notifier
+from .status import StatusBoard
 from .sync import RemovalRefused, SyncOutcome, sync_interface
 from .wireguard import Backend, BackendError, open_backend
 
@@ -81,6 +87,7 @@ class AgentState:
     sync_errors: int = 0
     syncs: int = 0
     first_sync_ok: bool = False
+    last_sync_failed: bool = False
     last_outcomes: list[SyncOutcome] = field(default_factory=list)
 
 
@@ -105,6 +112,19 @@ class Agent:
         self._wake = asyncio.Event()
         self._reload = False
         self._setup_done: set[str] = set()
+        # Load, status and metrics: aggregates only, rendered from cached snapshots.
+        self.board = StatusBoard(config.node_name, __version__)
+        self.reconcile_stats = ReconcileStats()
+        self.registry = make_registry(self._metrics_snapshot)
+        self.sampler: LoadSampler | None = None
+        if config.load is not None:
+            self.sampler = LoadSampler(
+                config.load, on_report=lambda r: self.board.update(r, self._problems())
+            )
+        self.pusher: Pusher | None = None
+        if config.push is not None:
+            self.pusher = Pusher.from_config(config.push, config.node_name, lambda: self.board.body)
+        self.http: HttpServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -121,10 +141,23 @@ class Agent:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._open_backends()
+        if self.config.http is not None:
+            sources = Sources(
+                status=lambda: self.board.body,
+                registry=self.registry,
+                health=self._health,
+                ready=self._ready,
+            )
+            self.http = HttpServer.from_config(self.config.http, sources)
+            await self.http.start()
         tasks = [
             asyncio.create_task(self._reconciler(), name="reconciler"),
             asyncio.create_task(self._feed_watcher(), name="feed-watcher"),
         ]
+        if self.sampler is not None:
+            tasks.append(asyncio.create_task(self.sampler.run(), name="load-sampler"))
+        if self.pusher is not None:
+            tasks.append(asyncio.create_task(self.pusher.run(), name="push"))
         if self._notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
@@ -141,6 +174,8 @@ class Agent:
             for t in tasks:
                 t.cancel()
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+            if self.http is not None:
+                await self.http.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._close_backends()
@@ -219,6 +254,8 @@ class Agent:
                     log.error("peer_sync failed error=%s retry_s=%.0f", type(e).__name__, retry)
                 else:
                     failed, retry = False, RETRY_MIN
+                self.state.last_sync_failed = failed
+                self.board.update(problems=self._problems())
             timeout = self._next_wakeup(retry if failed else None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -251,10 +288,51 @@ class Agent:
         self.state.first_sync_ok = True
         self.state.last_outcomes = outcomes
         for o in outcomes:
+            self.reconcile_stats.record(o)
             if o.added or o.updated or o.removed:
                 log.info("peer_sync applied %s", o.event())
             else:
                 log.debug("peer_sync unchanged %s", o.event())
+
+    # -- what the status endpoints read (cached, never the kernel) ---------------------
+
+    def _problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.state.last_sync_failed:
+            problems.append("reconcile_failing")
+        if self._desired is None:
+            problems.append("no_feed")
+        return problems
+
+    def _ready(self) -> str | None:
+        if self.state.last_sync_failed:
+            return "reconcile_failing"
+        if not self.state.first_sync_ok:
+            return "first_reconcile_pending"
+        return None
+
+    def _health(self) -> str | None:
+        s = self.sampler
+        if s is None or s.last_sample_at is None:
+            return None
+        late = time.monotonic() - s.last_sample_at > 3 * s.config.sample_interval + 5
+        return "load_sampler_stalled" if late else None
+
+    def _metrics_snapshot(self) -> MetricsSnapshot:
+        s, p = self.sampler, self.pusher
+        return MetricsSnapshot(
+            load=s.meter.report if s else None,
+            links=s.links if s else {},
+            load_sample_errors=s.errors if s else 0,
+            reconcile=self.reconcile_stats.snapshot(),
+            reconcile_passes=self.state.syncs,
+            reconcile_errors=self.state.sync_errors,
+            feed_age_seconds=feed_age(self.state.feed_loaded_at),
+            feed_errors=self.state.feed_errors,
+            push_successes=p.successes if p else 0,
+            push_failures=p.failures if p else 0,
+            ready=self._ready() is None,
+        )
 
     async def _do_reload(self) -> None:
         log.info("config_reload requested")

@@ -15,6 +15,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .feed import FeedError
 from .logs import setup_logging
+from .statuscli import DEFAULT_URL, main_status
 from .sync import RemovalRefused
 from .wireguard import BackendError
 
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="reconcile every interface from the feed")
     sync.add_argument("-c", "--config", required=True, metavar="FILE")
     sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    status = sub.add_parser("status", help="show a running agent's /status")
+    status.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    status.add_argument("--token-file", metavar="FILE", help="bearer token for the endpoint")
     return parser
 
 
@@ -50,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EX_USAGE if e.code not in (0, None) else EX_OK
+    if args.command == "status":
+        return main_status(args.url, args.token_file)
     config = _load(args.config)
     if config is None:
         return EX_CONFIG

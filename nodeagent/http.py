@@ -1,0 +1,180 @@
+"""HTTP endpoints: ``/status``, ``/metrics``, ``/healthz``, ``/readyz`` (aiohttp).
+
+Every handler reads what the agent's tasks cached: the encoded status
+document, the metrics snapshot, two health callbacks. None touches the
+kernel, so a burst of scrapes cannot slow a reconcile or be slowed by one.
+
+``/status`` and ``/metrics`` may require a bearer token, compared in constant
+time. ``/healthz`` and ``/readyz`` never do: systemd and load balancers probe
+them, and they say nothing beyond "up" and a short reason.
+
+There is no access log: it would record client addresses and times.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from .config import HTTPConfig, read_secret
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HttpServer", "Sources", "make_app", "split_host_port", "tls_context"]
+
+PROTECTED = frozenset({"/status", "/metrics"})
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the endpoints serve; every callable must return at once, from cached state.
+
+    ``health`` and ``ready`` return None when fine, else a short reason code.
+    """
+
+    status: Callable[[], bytes]
+    registry: CollectorRegistry
+    health: Callable[[], str | None]
+    ready: Callable[[], str | None]
+
+
+def _authorized(request: web.Request, token: bytes) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Both sides as bytes: compare_digest on str refuses non-ASCII input with an
+    # exception, which would turn a bad header into a 500.
+    return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token)
+
+
+def make_app(sources: Sources, token: bytes | None = None) -> web.Application:
+    """The application; ``token`` set means ``/status`` and ``/metrics`` need it."""
+
+    @web.middleware
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if token is not None and request.path in PROTECTED and not _authorized(request, token):
+            return web.Response(
+                status=401,
+                text="unauthorized\n",
+                headers={"WWW-Authenticate": 'Bearer realm="nodeagent"'},
+            )
+        return await handler(request)
+
+    async def status(_: web.Request) -> web.Response:
+        return web.Response(
+            body=sources.status(),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(sources.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    def probe(check: Callable[[], str | None]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            reason = check()
+            if reason is None:
+                return web.Response(text="ok\n")
+            return web.Response(status=503, text=f"{reason}\n")
+
+        return handler
+
+    app = web.Application(middlewares=[auth])
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", probe(sources.health))
+    app.router.add_get("/readyz", probe(sources.ready))
+    return app
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``127.0.0.1:9586`` or ``[::1]:9586`` (as config.py validated it) to (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context with the configured certificate; TLS 1.2 at least."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+class HttpServer:
+    """Serves the app on every configured address; an async context manager.
+
+    ``async with HttpServer.from_config(cfg, sources):`` binds on enter (an
+    address in use raises ``OSError`` there) and closes the listeners on exit.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        listen: tuple[str, ...],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._app = app
+        self._listen = listen
+        self._ssl = ssl_context
+        self._runner: web.AppRunner | None = None
+
+    @classmethod
+    def from_config(cls, config: HTTPConfig, sources: Sources) -> HttpServer:
+        """Reads the token and TLS files now: a bad file fails the start, not the first request."""
+        token = read_secret(config.token_file) if config.token_file else None
+        ctx = tls_context(config.tls.cert_file, config.tls.key_file) if config.tls else None
+        return cls(make_app(sources, token), config.listen, ctx)
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound ports (useful with port 0 in tests)."""
+        ports: list[int] = []
+        if self._runner is not None:
+            for addr in self._runner.addresses:
+                ports.append(int(addr[1]))
+        return ports
+
+    async def start(self) -> None:
+        # access_log=None: an access log line is a client address with a time.
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        try:
+            for address in self._listen:
+                host, port = split_host_port(address)
+                site = web.TCPSite(runner, host, port, ssl_context=self._ssl, backlog=1024)
+                await site.start()
+                log.info("http listening port=%d tls=%s", port, self._ssl is not None)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,103 @@
+"""The load task: every ``sample_interval``, read counters and CPU, feed the meter, publish.
+
+The thin shell around the pure meter. Counter reads are blocking netlink
+calls and run in a worker thread; a failed read is counted and sampled as
+"unreadable" (the status turns degraded), never fatal to the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from ..config import LoadConfig
+from .counters import CounterError, LinkCounters, LinkReader, link_speed_bps
+from .cpu import CpuMeter
+from .meter import LoadReport, Meter, MeterConfig, Sample
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadSampler"]
+
+
+class LoadSampler:
+    """Owns the meter and the latest raw readings (for ``/metrics``); run it as a task."""
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        *,
+        reader: LinkReader | None = None,
+        cpu: CpuMeter | None = None,
+        speed: Callable[[str], int | None] = link_speed_bps,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        on_report: Callable[[LoadReport], object] | None = None,
+    ) -> None:
+        self.config = config
+        self.meter = Meter(MeterConfig.from_load(config))
+        self._reader = reader or LinkReader()
+        self._cpu = cpu or CpuMeter()
+        self._speed = speed
+        self._clock = clock
+        self._sleep = sleep
+        self._on_report = on_report
+        self.links: Mapping[str, LinkCounters] = {}
+        self.errors = 0
+        self.last_sample_at: float | None = None
+
+    def _read(self) -> tuple[dict[str, LinkCounters], dict[str, int | None]]:
+        links = self._reader.read(self.config.interfaces)
+        speeds: dict[str, int | None] = {}
+        if self.config.capacity_bps is None:
+            # Re-read each time: a link can renegotiate its speed.
+            speeds = {name: self._speed(name) for name in links}
+        return links, speeds
+
+    async def sample_once(self) -> LoadReport:
+        """Take one sample now and return the meter's report."""
+        ok = True
+        links: dict[str, LinkCounters] = {}
+        speeds: dict[str, int | None] = {}
+        try:
+            links, speeds = await asyncio.to_thread(self._read)
+        except CounterError as e:
+            ok = False
+            self.errors += 1
+            log.warning("load_sample failed reason=%s", e)
+        now = self._clock()
+        sample = Sample(
+            time=now,
+            links={name: links.get(name) for name in self.config.interfaces},
+            cpu_percent=self._cpu.percent(),
+            speeds_bps=speeds,
+            counters_ok=ok,
+        )
+        if ok:
+            self.links = links
+        previous = self.meter.report.problems
+        report = self.meter.add(sample)
+        self.last_sample_at = now
+        if report.problems != previous:
+            log.info("load_status status=%s problems=%s", report.status, ",".join(report.problems))
+        if self._on_report is not None:
+            self._on_report(report)
+        return report
+
+    async def run(self) -> None:
+        """Sample forever on a fixed schedule (a slow sample does not shift the next ones)."""
+        interval = self.config.sample_interval
+        next_at = self._clock()
+        try:
+            while True:
+                await self.sample_once()
+                next_at += interval
+                now = self._clock()
+                if next_at < now:
+                    # Fell behind (suspended, overloaded): start afresh rather than burst.
+                    next_at = now + interval
+                await self._sleep(next_at - now)
+        finally:
+            self._reader.close()

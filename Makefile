@@ -41,3 +41,4 @@ bench: deps-netns deps-kernel
 	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) bench/kernel_bench.py
 	$(PYTHON) bench/uapi_bench.py
 	$(PYTHON) bench/status_bench.py
+	$(PYTHON) bench/feed_bench.py

@@ -14,13 +14,15 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, WireguardInterfaceConfig, load_config, read_private_key
 from .feed import FeedError, FileStamp, read_file_feed, stamp
+from .feed_http import HttpFeed
 from .http import HttpServer, Sources
 from .load.sampler import LoadSampler
 from .metrics import MetricsSnapshot, ReconcileStats, feed_age, make_registry
@@ -34,7 +36,9 @@ from .wireguard import Backend, BackendError, open_backend
 log = logging.getLogger(__name__)
 
 FEED_POLL_SECONDS = 1.0
+FEED_STALE_FACTOR, FEED_STALE_SLACK = 3, 15.0
 SHUTDOWN_TIMEOUT = 10.0
+SYNC_ONCE_TIMEOUT = 120.0
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
 
 BackendFactory = Callable[[WireguardInterfaceConfig], Backend]
@@ -112,6 +116,9 @@ class Agent:
         self._wake = asyncio.Event()
         self._reload = False
         self._setup_done: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failed = False
+        self.http_feed: HttpFeed | None = None
         # Load, status and metrics: aggregates only, rendered from cached snapshots.
         self.board = StatusBoard(config.node_name, __version__)
         self.reconcile_stats = ReconcileStats()
@@ -150,36 +157,49 @@ class Agent:
             )
             self.http = HttpServer.from_config(self.config.http, sources)
             await self.http.start()
-        tasks = [
-            asyncio.create_task(self._reconciler(), name="reconciler"),
-            asyncio.create_task(self._feed_watcher(), name="feed-watcher"),
-        ]
+        self._start("reconciler", self._reconciler())
+        self._start("feed", self._feed_follower())
         if self.sampler is not None:
-            tasks.append(asyncio.create_task(self.sampler.run(), name="load-sampler"))
+            self._start("load-sampler", self.sampler.run())
         if self.pusher is not None:
-            tasks.append(asyncio.create_task(self.pusher.run(), name="push"))
+            self._start("push", self.pusher.run())
         if self._notifier.watchdog_interval:
-            tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+            self._start("watchdog", self._watchdog())
         log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
         self._notifier.ready()
         try:
-            stop = asyncio.create_task(self._stop.wait(), name="stop")
-            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop and t.exception() is not None:
-                    log.error("task_failed task=%s", t.get_name(), exc_info=t.exception())
+            await self._stop.wait()
         finally:
             self._notifier.stopping()
             log.info("agent stopping")
+            tasks = list(self._tasks.values())
             for t in tasks:
                 t.cancel()
-            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+            if tasks:
+                await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
             if self.http is not None:
                 await self.http.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._close_backends()
             log.info("agent stopped")
+
+    def _start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        old = self._tasks.get(name)
+        if old is not None:
+            old.cancel()
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks[name] = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task that ends by itself is a bug: log it and stop, so systemd restarts us."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        log.error("task_failed task=%s error=%s", task.get_name(), type(exc).__name__)
+        self.failed = True
+        self._stop.set()
 
     def _open_backends(self) -> None:
         for cfg in self.config.wireguard.interfaces:
@@ -200,7 +220,22 @@ class Agent:
             self._notifier.watchdog()
             await asyncio.sleep(self._notifier.watchdog_interval)
 
-    async def _feed_watcher(self) -> None:
+    async def _feed_follower(self) -> None:
+        """Follow the configured feed: the central service over HTTP, or a file."""
+        if self.config.feed.url is not None:
+            await self._follow_http()
+        else:
+            await self._follow_file()
+
+    async def _follow_http(self) -> None:
+        async with HttpFeed(self.config.feed) as feed:
+            self.http_feed = feed
+            while True:
+                # next() never raises for feed or network faults: it backs off and retries,
+                # and the interfaces keep their peers meanwhile (fail static).
+                self._accept(await feed.next(self._desired), "http")
+
+    async def _follow_file(self) -> None:
         """Re-read the file feed whenever it changes (inode, size or mtime)."""
         while True:
             path = self.config.feed.path
@@ -225,11 +260,15 @@ class Agent:
             log.error("feed_unreadable source=file errno=%s", e.errno)
             return
         self._feed_stamp = st
+        self._accept(desired, "file")
+
+    def _accept(self, desired: DesiredState, source: str) -> None:
         self._desired = desired
         self.state.feed_version = desired.version
         self.state.feed_loaded_at = time.time()
         log.info(
-            "feed_loaded source=file interfaces=%d peers=%d users=%d",
+            "feed_loaded source=%s interfaces=%d peers=%d users=%d",
+            source,
             len(desired.wireguard),
             desired.peer_count(),
             len(desired.users),
@@ -309,7 +348,18 @@ class Agent:
             return "reconcile_failing"
         if not self.state.first_sync_ok:
             return "first_reconcile_pending"
+        age = self._feed_age()
+        limit = FEED_STALE_FACTOR * self.config.feed.long_poll + FEED_STALE_SLACK
+        if self.config.feed.url is not None and age is not None and age > limit:
+            # Peers stay as they are (fail static); this only tells the poller.
+            return f"feed_stale age_s={age:.0f}"
         return None
+
+    def _feed_age(self) -> float | None:
+        """Seconds since the feed last proved the held state current (a 304 counts)."""
+        if self.http_feed is not None:
+            return self.http_feed.stats.age(time.time())
+        return feed_age(self.state.feed_loaded_at)
 
     def _health(self) -> str | None:
         s = self.sampler
@@ -327,8 +377,9 @@ class Agent:
             reconcile=self.reconcile_stats.snapshot(),
             reconcile_passes=self.state.syncs,
             reconcile_errors=self.state.sync_errors,
-            feed_age_seconds=feed_age(self.state.feed_loaded_at),
-            feed_errors=self.state.feed_errors,
+            feed_age_seconds=self._feed_age(),
+            feed_errors=self.state.feed_errors
+            + (sum(self.http_feed.stats.errors.values()) if self.http_feed else 0),
             push_successes=p.successes if p else 0,
             push_failures=p.failures if p else 0,
             ready=self._ready() is None,
@@ -351,9 +402,13 @@ class Agent:
                 if backend is not None:
                     backend.close()
                 self._setup_done.discard(name)
+        feed_changed = new.feed != self.config.feed
         self.config = new
         self._open_backends()
-        # Re-read the feed even when the file did not change: SIGHUP means "look again".
+        if feed_changed and "feed" in self._tasks:
+            self.http_feed = None
+            self._start("feed", self._feed_follower())
+        # Re-read a file feed even when it did not change: SIGHUP means "look again".
         self._feed_stamp = None
         if new.feed.path is not None:
             await self._load_feed(new.feed.path)
@@ -362,9 +417,10 @@ class Agent:
 
 def sync_once(config: Config, backend_factory: BackendFactory = open_backend) -> list[SyncOutcome]:
     """``nodeagent sync --once``: one reconcile of every interface from the feed."""
-    if config.feed.path is None:
-        raise FeedError("sync --once needs feed.path (the HTTP feed arrives in a later release)")
-    desired, _ = read_file_feed(config.feed.path)
+    if config.feed.path is not None:
+        desired, _ = read_file_feed(config.feed.path)
+    else:
+        desired = asyncio.run(_fetch_once(config))
     backends = {c.name: backend_factory(c) for c in config.wireguard.interfaces}
     try:
         for cfg in config.wireguard.interfaces:
@@ -375,3 +431,15 @@ def sync_once(config: Config, backend_factory: BackendFactory = open_backend) ->
     finally:
         for backend in backends.values():
             backend.close()
+
+
+async def _fetch_once(config: Config) -> DesiredState:
+    async with HttpFeed(config.feed) as feed:
+        try:
+            # The client retries forever; a one-shot command must not.
+            return await asyncio.wait_for(feed.next(None), SYNC_ONCE_TIMEOUT)
+        except TimeoutError:
+            raise FeedError(
+                f"no valid feed within {SYNC_ONCE_TIMEOUT:.0f}s "
+                f"(errors: {dict(feed.stats.errors) or 'none'})"
+            ) from None

@@ -88,11 +88,12 @@ def _sync_once(config: Config) -> int:
 def _run(config: Config) -> int:
     from .agent import Agent
 
+    agent = Agent(config)
     try:
-        asyncio.run(Agent(config).run())
+        asyncio.run(agent.run())
     except KeyboardInterrupt:
         pass
     except Exception as e:  # the daemon's last word, then an exit code
         log.error("agent_failed error=%s", type(e).__name__)
         return EX_FAILURE
-    return EX_OK
+    return EX_FAILURE if agent.failed else EX_OK

@@ -80,7 +80,11 @@ def _interface(name: str, raw: Any) -> DesiredInterface:
     peers: dict[bytes, Peer] = {}
     expires: dict[bytes, datetime] = {}
     owner: dict[AllowedIP, int] = {}
-    for i, item in enumerate(raw["peers"]):
+    items = raw["peers"]
+    for i in range(len(items)):
+        # Released as it is consumed, so the decoded JSON shrinks while the state grows:
+        # a million-peer snapshot would otherwise be held twice at its peak.
+        item, items[i] = items[i], None
         peer, expiry = _peer(f"{where}.peers[{i}]", item)
         if peer.public_key in peers:
             raise FeedError(f"{where}.peers[{i}].public_key: duplicate public key")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,3 +106,45 @@ def test_sync_once_twice(tunnel_pair: TunnelPair, tmp_path: Path) -> None:
     second = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert second.stdout == f"{pair.server.name}: added=0 updated=0 removed=0 unchanged=201\n"
     assert pair.ping(count=3, interval=0.2).returncode == 0
+
+
+def test_daemon_follows_http_feed(tunnel_pair: TunnelPair, tmp_path: Path) -> None:
+    """`nodeagent run` long-polls the reference feed server; a change reaches the kernel."""
+    pair = tunnel_pair
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = tmp_path / "feed.token"
+    token.write_text("s3cret-token\n")
+    token.chmod(0o600)
+    accounts = tmp_path / "accounts.json"
+    desired = desired_peers(pair)
+    write_atomic(accounts, feed_document(desired, pair.server.name))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent.feedserver", "--accounts", str(accounts),
+         "--port", str(port), "--token-file", str(token)],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"node: {{name: netns-01}}\n"
+        f"wireguard:\n  interfaces:\n"
+        f"    - {{name: {pair.server.name}, backend: userspace, "
+        f"uapi_socket: {pair.server.socket_path}}}\n"
+        f"feed: {{url: 'http://127.0.0.1:{port}/feed', token_file: {token}, long_poll: 10s}}\n"
+    )
+    backend = UapiBackend(pair.server.name, pair.server.socket_path)
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        wait_for(lambda: plan(desired, backend.read().peers).empty)
+        assert pair.ping(count=3, interval=0.2).returncode == 0
+        del desired[pair.client_public]
+        write_atomic(accounts, feed_document(desired, pair.server.name))
+        wait_for(lambda: plan(desired, backend.read().peers).empty)
+        assert pair.ping(count=2, interval=0.2, wait=1).returncode != 0
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        server.terminate()
+        assert agent.wait(timeout=15) == 0
+        server.wait(timeout=15)
+    assert "s3cret" not in (tmp_path / "agent.log").read_text()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .http import HttpServer, Sources
 from .load.sampler import LoadSampler
 from .metrics import MetricsSnapshot, ReconcileStats, feed_age, make_registry
 from .model import DesiredState, InterfaceSetup
+from .privacy.scrub import scrub_once, scrub_port
 from .push import Pusher
 from .sdnotify import Notifier
 from .status import StatusBoard
@@ -89,6 +91,7 @@ class AgentState:
     feed_loaded_at: float | None = None
     feed_errors: int = 0
     sync_errors: int = 0
+    scrub_errors: int = 0
     syncs: int = 0
     first_sync_ok: bool = False
     last_sync_failed: bool = False
@@ -117,6 +120,7 @@ class Agent:
         self._reload = False
         self._setup_done: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wg_lock = threading.Lock()
         self.failed = False
         self.http_feed: HttpFeed | None = None
         # Load, status and metrics: aggregates only, rendered from cached snapshots.
@@ -163,6 +167,7 @@ class Agent:
             self._start("load-sampler", self.sampler.run())
         if self.pusher is not None:
             self._start("push", self.pusher.run())
+        self._start("scrubber", self._scrubber())
         if self._notifier.watchdog_interval:
             self._start("watchdog", self._watchdog())
         log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
@@ -219,6 +224,23 @@ class Agent:
         while True:
             self._notifier.watchdog()
             await asyncio.sleep(self._notifier.watchdog_interval)
+
+    async def _scrubber(self) -> None:
+        """Remove and re-add idle peers, which wipes their endpoint and handshake time."""
+        while True:
+            # Re-read every pass, so that a reload takes effect without a restart.
+            await asyncio.sleep(self.config.privacy.scrub_interval)
+            for name, backend in list(self._backends.items()):
+                try:
+                    await asyncio.to_thread(self._scrub_one, backend)
+                except Exception as e:  # a failed pass is retried at the next interval
+                    self.state.scrub_errors += 1
+                    log.warning("scrub_failed interface=%s error=%s", name, type(e).__name__)
+
+    def _scrub_one(self, backend: Backend) -> None:
+        # One conversation with a backend at a time: its socket is not shared across threads.
+        with self._wg_lock:
+            scrub_once(scrub_port(backend), self.config.privacy.scrub_idle_after)
 
     async def _feed_follower(self) -> None:
         """Follow the configured feed: the central service over HTTP, or a file."""
@@ -315,6 +337,10 @@ class Agent:
         return delay
 
     def _reconcile_once(self, desired: DesiredState) -> None:
+        with self._wg_lock:
+            self._reconcile_locked(desired)
+
+    def _reconcile_locked(self, desired: DesiredState) -> None:
         for cfg in self.config.wireguard.interfaces:
             if cfg.name not in self._setup_done:
                 setup = setup_for(cfg)

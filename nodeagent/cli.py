@@ -15,6 +15,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .feed import FeedError
 from .logs import setup_logging
+from .privacy import audit_cli
 from .statuscli import DEFAULT_URL, main_status
 from .sync import RemovalRefused
 from .wireguard import BackendError
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running agent's /status")
     status.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     status.add_argument("--token-file", metavar="FILE", help="bearer token for the endpoint")
+    audit = sub.add_parser("audit", help="check this host against the no-logs promise")
+    audit_cli.add_arguments(audit)
     return parser
 
 
@@ -56,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE if e.code not in (0, None) else EX_OK
     if args.command == "status":
         return main_status(args.url, args.token_file)
+    if args.command == "audit":
+        # Before loading the config: the audit must also run without a valid one.
+        return audit_cli.run(args.config, args.root)
     config = _load(args.config)
     if config is None:
         return EX_CONFIG

@@ -6,32 +6,50 @@ second line of defence and masks anything shaped like one anyway.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
 import sys
 
-_PATTERNS = [
-    # WireGuard keys: base64 of 32 bytes, and hex of 32 bytes.
-    re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=(?![A-Za-z0-9+/=])"),
-    re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])"),
-    # IPv4 addresses, with or without a prefix length or port.
-    re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"),
-    # IPv6: at least two colon-separated hex groups around a '::', or eight groups.
-    re.compile(
-        r"(?<![0-9A-Fa-f:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
-        r"|(?:[0-9A-Fa-f]{1,4}:){0,7}(?::[0-9A-Fa-f]{1,4}){1,7}"
-        r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:)(?![0-9A-Fa-f:])"
-    ),
-]
 MASK = "[redacted]"
+
+# WireGuard keys: base64 of 32 bytes (43 characters whose last one carries 4
+# zero bits, then "="; URL-safe and unpadded forms too), and hex of 32 bytes.
+_KEYS = re.compile(
+    r"(?<![A-Za-z0-9+/_-])(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])"
+    r"(?:=|(?![A-Za-z0-9+/=_-]))"
+    r"|(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])"
+)
+# IPv6 candidates: anything made of hex digits, colons and dots with at least
+# two colons, with an optional zone, optionally in brackets with a port. Each
+# candidate is checked by ``ipaddress``, so times (12:30:45) and MACs stay.
+_V6 = re.compile(
+    r"\[(?P<b>[0-9A-Fa-f:.]+(?:%[\w.-]+)?)\](?::\d{1,5})?"
+    r"|(?<![0-9A-Za-z:.])(?P<a>[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)(?:%[\w.-]+)?"
+    r"(?![0-9A-Za-z:])"
+)
+# IPv4, with an optional port (a prefix length stays: it says nothing alone).
+_V4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\d.])")
+
+
+def _v6(match: re.Match[str]) -> str:
+    whole = match.group(0)
+    candidate = (match.group("b") or match.group("a") or "").split("%", 1)[0]
+    # A sentence may end right after an address: the full stop is not part of it.
+    tail = "" if match.group("b") or "%" in whole else whole[len(whole.rstrip(".")) :]
+    try:
+        ipaddress.IPv6Address(candidate.rstrip(".") if tail else candidate)
+    except ValueError:
+        return whole
+    return MASK + tail
 
 
 def redact(text: str) -> str:
     """``text`` with every key- or address-shaped token replaced by a mask."""
-    for pattern in _PATTERNS:
-        text = pattern.sub(MASK, text)
-    return text
+    text = _KEYS.sub(MASK, text)
+    text = _V6.sub(_v6, text)
+    return _V4.sub(MASK, text)
 
 
 class RedactFilter(logging.Filter):

@@ -36,6 +36,11 @@ test-netns: deps-netns
 test-kernel: deps-kernel
 	$(PYTHON) -m tests.kernel.vm -- $(PYTEST) tests/kernel
 
+# The whole system in network namespaces: feed server, agent, wireguard-go, a client, iperf3.
+demo: deps-netns
+	$(APT) curl
+	$(PYTHON) -m nodeagent lab
+
 bench: deps-netns deps-kernel
 	$(APT) wrk
 	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) bench/kernel_bench.py

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running agent's /status")
     status.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     status.add_argument("--token-file", metavar="FILE", help="bearer token for the endpoint")
+    sub.add_parser("lab", help="run the whole system in network namespaces on this machine")
     audit = sub.add_parser("audit", help="check this host against the no-logs promise")
     audit_cli.add_arguments(audit)
     return parser
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE if e.code not in (0, None) else EX_OK
     if args.command == "status":
         return main_status(args.url, args.token_file)
+    if args.command == "lab":
+        from .lab.demo import run_demo
+
+        return run_demo()
     if args.command == "audit":
         # Before loading the config: the audit must also run without a valid one.
         return audit_cli.run(args.config, args.root)

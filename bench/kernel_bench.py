@@ -20,6 +20,7 @@ import itertools
 import os
 import subprocess
 import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -60,10 +61,13 @@ def wg_config(peers: Mapping[bytes, Peer]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], what: str = "") -> float:
     t = time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    took = time.perf_counter() - t
+    if what:  # progress, so that a slow VM shows where it is
+        print(f"  {what}: {took:.3f} s", file=sys.stderr, flush=True)
+    return took
 
 
 def wg(*args: str) -> str:
@@ -86,7 +90,7 @@ def changed(desired: dict[bytes, Peer]) -> dict[bytes, Peer]:
 
 def full_apply(name: str, desired: Mapping[bytes, Peer], **kw: int) -> float:
     with KernelBackend(name, **kw) as b:
-        return timed(lambda: b.apply(plan(desired, {})))
+        return timed(lambda: b.apply(plan(desired, {})), f"full apply {kw}")
 
 
 def main() -> None:
@@ -105,12 +109,12 @@ def main() -> None:
         with open(conf2, "w") as f:
             f.write(wg_config(desired2))
 
-        t_wg = timed(lambda: wg("setconf", ref, conf1))
+        t_wg = timed(lambda: wg("setconf", ref, conf1), "wg setconf")
         t_us = full_apply(ours, desired)
         rows.append((f"(a) full apply, {len(desired)} peers vs setconf", t_us, t_wg))
 
         with KernelBackend(ours) as b:
-            t_wg = timed(lambda: wg("syncconf", ref, conf2))
+            t_wg = timed(lambda: wg("syncconf", ref, conf2), "wg syncconf")
             p2 = None
 
             def sync() -> None:
@@ -118,13 +122,13 @@ def main() -> None:
                 p2 = plan(desired2, b.read().peers)
                 b.apply(p2)
 
-            t_us = timed(sync)
+            t_us = timed(sync, "read+plan+apply")
             assert p2 is not None
             rows.append((f"(b) change of {sum(p2.counts().values())} vs syncconf", t_us, t_wg))
 
-            t_wg = timed(lambda: wg("show", ref, "dump"))
+            t_wg = timed(lambda: wg("show", ref, "dump"), "wg show dump")
             got: dict[bytes, Peer] = {}
-            t_us = timed(lambda: got.update(b.read().peers))
+            t_us = timed(lambda: got.update(b.read().peers), "read")
             rows.append((f"(c) read {len(got)} peers vs wg show dump", t_us, t_wg))
             assert got == desired2, "read-back differs"
             assert plan(desired2, got).empty

@@ -1,4 +1,4 @@
-"""The daemon: feed watcher, reconciler and watchdog under one supervisor.
+"""The daemon: reconciler, feed follower, scrubber, load sampler, push and watchdog tasks.
 
 Readable top to bottom: ``run()`` installs signal handlers, starts named tasks,
 waits for the stop event, then cancels and drains the tasks with a timeout.
@@ -186,6 +186,9 @@ class Agent:
                 await self.http.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # A pass already in a worker thread cannot be cancelled: let it finish its
+            # messages (each one is applied whole by the kernel) before closing sockets.
+            await asyncio.to_thread(self._wg_lock.acquire, True, SHUTDOWN_TIMEOUT)
             self._close_backends()
             log.info("agent stopped")
 

@@ -19,8 +19,8 @@ import argparse
 import itertools
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager

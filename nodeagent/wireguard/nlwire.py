@@ -14,9 +14,10 @@ in host byte order, addresses in network byte order.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from ..model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer, Plan
@@ -134,9 +135,10 @@ def _ifname_attr(ifname: str) -> bytes:
     return _attr(WGDEVICE_A_IFNAME, raw + b"\0")
 
 
-def _sorted_ips(ips: Iterable[AllowedIP]) -> list[AllowedIP]:
-    # Deterministic bytes for the same plan; tests and benchmarks compare them.
-    return sorted(ips, key=lambda a: (len(a.address), a.address, a.cidr))
+def _sorted_ips(ips: Collection[AllowedIP]) -> list[AllowedIP]:
+    # Deterministic bytes for the same plan; tests compare them. Plain tuple
+    # order (address bytes, then prefix): a key function costs 5x as much.
+    return sorted(ips) if len(ips) > 1 else list(ips)
 
 
 def _pack_ip_kernel(ip: AllowedIP) -> bytes:
@@ -281,6 +283,17 @@ def encode_set_peers(
     batch: list[bytes] = []
     used = 0
     for op in ops:
+        ips = op.allowed_ips
+        if ips is not None and len(ips) <= _FAST_MAX_IPS:
+            # One precompiled struct for the whole element: the common peer
+            # (one or two allowed IPs) costs a single pack call.
+            chunk = _fast_chunk(op, ips)
+            if used + len(chunk) > room:
+                out.append(_set_message(family, seq + len(out), pid, prefix, batch))
+                batch, used = [], 0
+            batch.append(chunk)
+            used += len(chunk)
+            continue
         for chunk in _peer_chunks(op, room):
             if used + len(chunk) > room:
                 out.append(_set_message(family, seq + len(out), pid, prefix, batch))
@@ -290,6 +303,39 @@ def encode_set_peers(
     if batch:
         out.append(_set_message(family, seq + len(out), pid, prefix, batch))
     return out
+
+
+_FAST_MAX_IPS = 8
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(has_psk: bool, sizes: tuple[int, ...]) -> tuple[struct.Struct, int, int]:
+    """The struct packing a whole peer element of this shape, its length, its IPs nest length."""
+    fmt = "=HH HH32s HHI" + (" HH32s" if has_psk else "") + " HH"
+    nest = _NEST_HDR_LEN
+    for n in sizes:
+        fmt += " HH HHB3x HHH2x HH4s" if n == 4 else " HH HHB3x HHH2x HH16s"
+        nest += 28 if n == 4 else 40
+    total = _NEST_HDR_LEN + _KEY_ATTR_LEN + _FLAGS_ATTR_LEN + nest
+    return struct.Struct(fmt), total + (_KEY_ATTR_LEN if has_psk else 0), nest
+
+
+def _fast_chunk(op: PeerOp, ips: Sequence[AllowedIP]) -> bytes:
+    key, psk = op.public_key, op.preshared_key
+    if len(key) != KEY_LEN or (psk is not None and len(psk) != KEY_LEN):
+        raise ValueError("key is not 32 bytes")
+    st, total, nest = _shape(psk is not None, tuple(len(a) for a, _ in ips))
+    vals: list[object] = [total, NLA_F_NESTED, 36, WGPEER_A_PUBLIC_KEY, key, 8, WGPEER_A_FLAGS]
+    vals.append(op.flags)
+    if psk is not None:
+        vals += (36, WGPEER_A_PRESHARED_KEY, psk)
+    vals += (nest, NLA_F_NESTED | WGPEER_A_ALLOWEDIPS)
+    for addr, cidr in ips:
+        if len(addr) == 4:
+            vals += (28, NLA_F_NESTED, 5, 3, cidr, 6, 1, socket.AF_INET, 8, 2, addr)
+        else:
+            vals += (40, NLA_F_NESTED, 5, 3, cidr, 6, 1, socket.AF_INET6, 20, 2, addr)
+    return st.pack(*vals)
 
 
 def encode_set_device(

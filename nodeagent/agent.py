@@ -27,7 +27,7 @@ from .feed_http import HttpFeed
 from .http import HttpServer, Sources
 from .load.sampler import LoadSampler
 from .metrics import MetricsSnapshot, ReconcileStats, feed_age, make_registry
-from .model import DesiredState, InterfaceSetup
+from .model import DesiredState, InterfaceSetup, Peer
 from .privacy.scrub import scrub_once, scrub_port
 from .push import Pusher
 from .sdnotify import Notifier
@@ -62,8 +62,13 @@ def reconcile_all(
     backends: Mapping[str, Backend],
     desired: DesiredState,
     now: datetime,
+    known: Mapping[str, Mapping[bytes, Peer]] | None = None,
 ) -> list[SyncOutcome]:
-    """One pass over every configured interface; the first failure is raised after the rest ran."""
+    """One pass over every configured interface; the first failure is raised after the rest ran.
+
+    ``known`` maps interfaces to the peers they held after the previous pass;
+    an interface without an entry is read back first.
+    """
     outcomes: list[SyncOutcome] = []
     failure: Exception | None = None
     for cfg in config.wireguard.interfaces:
@@ -74,7 +79,13 @@ def reconcile_all(
             continue
         try:
             outcomes.append(
-                sync_interface(backends[cfg.name], want, now, config.feed.max_removal_ratio)
+                sync_interface(
+                    backends[cfg.name],
+                    want,
+                    now,
+                    config.feed.max_removal_ratio,
+                    known=(known or {}).get(cfg.name),
+                )
             )
         except (BackendError, RemovalRefused, OSError) as e:
             failure = failure or e
@@ -121,6 +132,11 @@ class Agent:
         self._setup_done: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wg_lock = threading.Lock()
+        # Peers each interface held after the last pass. Feed changes are planned
+        # against it; every resync_interval (and after any failure) it is dropped
+        # and the interfaces are read back, which repairs drift.
+        self._known: dict[str, Mapping[bytes, Peer]] = {}
+        self._read_back_due = 0.0
         self.failed = False
         self.http_feed: HttpFeed | None = None
         # Load, status and metrics: aggregates only, rendered from cached snapshots.
@@ -351,7 +367,17 @@ class Agent:
                     self._backends[cfg.name].setup(setup)
                     log.info("interface_setup interface=%s", cfg.name)
                 self._setup_done.add(cfg.name)
-        outcomes = reconcile_all(self.config, self._backends, desired, self._clock())
+        if time.monotonic() >= self._read_back_due:
+            self._known.clear()
+            self._read_back_due = time.monotonic() + self.config.wireguard.resync_interval
+        try:
+            outcomes = reconcile_all(
+                self.config, self._backends, desired, self._clock(), self._known
+            )
+        except Exception:
+            self._known.clear()
+            raise
+        self._known = {o.interface: o.peers for o in outcomes}
         self.state.syncs += 1
         self.state.first_sync_ok = True
         self.state.last_outcomes = outcomes
@@ -432,6 +458,7 @@ class Agent:
                     backend.close()
                 self._setup_done.discard(name)
         feed_changed = new.feed != self.config.feed
+        self._known.clear()
         self.config = new
         self._open_backends()
         if feed_changed and "feed" in self._tasks:

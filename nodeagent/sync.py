@@ -4,16 +4,21 @@ The shell around ``reconcile.plan``. It refuses a plan that would remove more
 than ``max_removal_ratio`` of the peers an interface holds because the feed
 says so (expiry is the agent's own decision and is not limited), and it sends
 nothing when there is nothing to change.
+
+Reading 20,000 peers back costs more than applying a small change, so a caller
+may pass the state it last saw (``known``) and skip the read; the daemon does
+so between its periodic read-backs, which repair any drift.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from .model import DesiredInterface, Plan
-from .reconcile import plan
+from .model import DesiredInterface, Peer, Plan
+from .reconcile import apply_to, plan
 from .wireguard.backend import Backend
 
 
@@ -29,6 +34,9 @@ class SyncOutcome:
     removed: int
     unchanged: int
     ms: float
+    read_back: bool = True
+    # What the interface holds afterwards: the ``known`` state of the next pass.
+    peers: Mapping[bytes, Peer] = field(default_factory=dict, repr=False, compare=False)
 
     def event(self) -> str:
         return (
@@ -50,10 +58,15 @@ def sync_interface(
     desired: DesiredInterface,
     now: datetime,
     max_removal_ratio: float = 1.0,
+    known: Mapping[bytes, Peer] | None = None,
 ) -> SyncOutcome:
-    """Bring one interface in line with ``desired`` at time ``now``."""
+    """Bring one interface in line with ``desired`` at time ``now``.
+
+    ``known`` is what the interface held after the previous pass; without it the
+    interface is read back first.
+    """
     started = time.monotonic()
-    actual = backend.read().peers
+    actual = backend.read().peers if known is None else known
     p = plan(desired.active(now), actual)
     if not removal_allowed(p, desired, len(actual), max_removal_ratio):
         raise RemovalRefused(
@@ -68,4 +81,6 @@ def sync_interface(
         removed=len(p.remove),
         unchanged=len(actual) - len(p.update) - len(p.remove),
         ms=(time.monotonic() - started) * 1000,
+        read_back=known is None,
+        peers=apply_to(actual, p) if not p.empty else actual,
     )

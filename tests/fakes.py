@@ -16,12 +16,14 @@ class FakeBackend:
         self.listen_port = 0
         self.applied: list[Plan] = []
         self.fail_next_apply = False
+        self.reads = 0
 
     @property
     def interface(self) -> str:
         return self._interface
 
     def read(self) -> Device:
+        self.reads += 1
         if not self.exists:
             raise InterfaceMissing(f"{self._interface}: no such interface")
         return Device(self.private_key, self.listen_port, dict(self.peers))

@@ -156,6 +156,11 @@ def _pack_ip_kernel(ip: AllowedIP) -> bytes:
 
 
 def plan_ops(plan: Plan) -> list[PeerOp]:
+    """:func:`iter_plan_ops` as a list."""
+    return list(iter_plan_ops(plan))
+
+
+def iter_plan_ops(plan: Plan) -> Iterator[PeerOp]:
     """The peer elements a plan turns into: additions, then updates, then removals.
 
     Removals go last so that an allowed IP moving from a removed peer to a new
@@ -163,15 +168,9 @@ def plan_ops(plan: Plan) -> list[PeerOp]:
     adding a peer that exists after all (drift) still yields exactly the
     desired routes.
     """
-    ops: list[PeerOp] = []
     for p in plan.add:
-        ops.append(
-            PeerOp(
-                p.public_key,
-                WGPEER_F_REPLACE_ALLOWEDIPS,
-                p.preshared_key,
-                _sorted_ips(p.allowed_ips),
-            )
+        yield PeerOp(
+            p.public_key, WGPEER_F_REPLACE_ALLOWEDIPS, p.preshared_key, _sorted_ips(p.allowed_ips)
         )
     for u in plan.update:
         flags = WGPEER_F_UPDATE_ONLY
@@ -182,10 +181,9 @@ def plan_ops(plan: Plan) -> list[PeerOp]:
         psk = None
         if u.change_preshared_key:
             psk = u.preshared_key if u.preshared_key is not None else ZERO_KEY
-        ops.append(PeerOp(u.public_key, flags, psk, ips))
+        yield PeerOp(u.public_key, flags, psk, ips)
     for k in plan.remove:
-        ops.append(PeerOp(k, WGPEER_F_REMOVE_ME, None, None))
-    return ops
+        yield PeerOp(k, WGPEER_F_REMOVE_ME, None, None)
 
 
 def _peer_chunk(
@@ -275,11 +273,24 @@ def encode_set_peers(
     Sequence numbers count up from ``seq``. Each message is at most
     ``max_message`` bytes; a peer that does not fit in an empty message is split.
     """
+    return list(iter_set_peers(family, ifname, ops, seq=seq, pid=pid, max_message=max_message))
+
+
+def iter_set_peers(
+    family: int,
+    ifname: str,
+    ops: Iterable[PeerOp],
+    *,
+    seq: int = 1,
+    pid: int = 0,
+    max_message: int = DEFAULT_MESSAGE,
+) -> Iterator[bytes]:
+    """:func:`encode_set_peers`, one message at a time (so sending can start early)."""
     if not 512 <= max_message <= MAX_MESSAGE:
         raise ValueError("max_message out of range")
     prefix = GENL_HDR.pack(WG_CMD_SET_DEVICE, WG_GENL_VERSION, 0) + _ifname_attr(ifname)
     room = max_message - NLMSG_HDR.size - len(prefix) - _NEST_HDR_LEN
-    out: list[bytes] = []
+    n = 0
     batch: list[bytes] = []
     used = 0
     for op in ops:
@@ -289,20 +300,21 @@ def encode_set_peers(
             # (one or two allowed IPs) costs a single pack call.
             chunk = _fast_chunk(op, ips)
             if used + len(chunk) > room:
-                out.append(_set_message(family, seq + len(out), pid, prefix, batch))
+                yield _set_message(family, seq + n, pid, prefix, batch)
+                n += 1
                 batch, used = [], 0
             batch.append(chunk)
             used += len(chunk)
             continue
         for chunk in _peer_chunks(op, room):
             if used + len(chunk) > room:
-                out.append(_set_message(family, seq + len(out), pid, prefix, batch))
+                yield _set_message(family, seq + n, pid, prefix, batch)
+                n += 1
                 batch, used = [], 0
             batch.append(chunk)
             used += len(chunk)
     if batch:
-        out.append(_set_message(family, seq + len(out), pid, prefix, batch))
-    return out
+        yield _set_message(family, seq + n, pid, prefix, batch)
 
 
 _FAST_MAX_IPS = 8

@@ -161,3 +161,23 @@ def test_sync_once_counts_and_second_run_is_empty(tmp_path: Path) -> None:
     (second,) = sync_once(h.config(), h.factory)
     assert (second.added, second.updated, second.removed, second.unchanged) == (0, 0, 0, 30)
     assert plan(make_peers(30), h.fake.peers).empty
+
+
+async def test_feed_changes_are_planned_against_the_known_state(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.feed.write_text(feed_doc(make_peers(20)))
+    config = h.config()
+    object.__setattr__(config.wireguard, "resync_interval", 3600.0)
+    agent = Agent(config, backend_factory=h.factory)
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: h.fake.peers == make_peers(20))
+        reads = h.fake.reads
+        write_atomic(h.feed, feed_doc(make_peers(30), "v2"))
+        await until(lambda: h.fake.peers == make_peers(30))
+        # Applied without reading 20 peers back first; only the plan's 10 were sent.
+        assert h.fake.reads == reads
+        assert len(h.fake.applied[-1].add) == 10
+    finally:
+        agent.request_stop()
+        await task

@@ -43,7 +43,7 @@ demo: deps-netns
 
 bench: deps-netns deps-kernel
 	$(APT) wrk
-	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) bench/kernel_bench.py
-	$(PYTHON) bench/uapi_bench.py
-	$(PYTHON) bench/status_bench.py
-	$(PYTHON) bench/feed_bench.py
+	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) -m bench.kernel_bench
+	$(PYTHON) -m bench.uapi_bench
+	$(PYTHON) -m bench.status_bench
+	$(PYTHON) -m bench.feed_bench

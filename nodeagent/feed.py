@@ -20,7 +20,9 @@ from .model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_
 
 _PEER_KEYS = frozenset({"public_key", "allowed_ips", "preshared_key", "expires_at"})
 _USER_KEYS = frozenset({"username", "password_hash", "expires_at"})
-_USERNAME = re.compile(r"[A-Za-z0-9._@+-]{1,128}\Z")
+# Interface names end up in error messages, so only name-shaped ones are accepted.
+_IFNAME = re.compile(r"[A-Za-z0-9_.=+-]{1,15}\Z")
+USERNAME = re.compile(r"[A-Za-z0-9._@+-]{1,128}\Z")
 _SCRYPT = re.compile(r"scrypt\$\d{1,10}\$\d{1,4}\$\d{1,4}\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+\Z")
 
 
@@ -38,7 +40,7 @@ def parse_time(text: object) -> datetime:
     return t
 
 
-def _peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
+def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
     if not isinstance(raw, dict):
         raise FeedError(f"{where}: must be an object")
     unknown = raw.keys() - _PEER_KEYS
@@ -73,6 +75,13 @@ def _peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
     return Peer(public_key, frozenset(ips), psk), expires
 
 
+def interface_name(name: object) -> str:
+    """A feed's interface key, if shaped like a Linux interface name; FeedError otherwise."""
+    if not isinstance(name, str) or not _IFNAME.match(name):
+        raise FeedError("wireguard: a key is not a valid interface name")
+    return name
+
+
 def _interface(name: str, raw: Any) -> DesiredInterface:
     where = f"wireguard.{name}"
     if not isinstance(raw, dict) or not isinstance(raw.get("peers"), list):
@@ -85,7 +94,7 @@ def _interface(name: str, raw: Any) -> DesiredInterface:
         # Released as it is consumed, so the decoded JSON shrinks while the state grows:
         # a million-peer snapshot would otherwise be held twice at its peak.
         item, items[i] = items[i], None
-        peer, expiry = _peer(f"{where}.peers[{i}]", item)
+        peer, expiry = parse_peer(f"{where}.peers[{i}]", item)
         if peer.public_key in peers:
             raise FeedError(f"{where}.peers[{i}].public_key: duplicate public key")
         for ip in peer.allowed_ips:
@@ -101,7 +110,7 @@ def _interface(name: str, raw: Any) -> DesiredInterface:
     return DesiredInterface(peers, expires)
 
 
-def _users(raw: Any) -> dict[str, User]:
+def parse_users(raw: Any) -> dict[str, User]:
     if not isinstance(raw, dict) or not isinstance(raw.get("users"), list):
         raise FeedError("openvpn: must be an object with a users list")
     users: dict[str, User] = {}
@@ -112,7 +121,7 @@ def _users(raw: Any) -> dict[str, User]:
         if item.keys() - _USER_KEYS:
             raise FeedError(f"{where}: unknown field")
         name = item.get("username")
-        if not isinstance(name, str) or not _USERNAME.match(name):
+        if not isinstance(name, str) or not USERNAME.match(name):
             raise FeedError(f"{where}.username: missing or not a valid username")
         if name in users:
             raise FeedError(f"{where}.username: duplicate username")
@@ -135,7 +144,7 @@ def parse_snapshot(data: bytes | str) -> DesiredState:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         # json's message quotes no document text, only a position.
-        raise FeedError(f"not valid JSON ({type(e).__name__} at {_position(e)})") from None
+        raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
     if not isinstance(doc, dict):
         raise FeedError("document must be a JSON object")
     version = doc.get("version")
@@ -146,12 +155,12 @@ def parse_snapshot(data: bytes | str) -> DesiredState:
     wg_raw = doc.get("wireguard", {})
     if not isinstance(wg_raw, dict):
         raise FeedError("wireguard: must be an object")
-    wireguard = {str(name): _interface(str(name), raw) for name, raw in wg_raw.items()}
-    users = _users(doc["openvpn"]) if doc.get("openvpn") is not None else {}
+    wireguard = {interface_name(n): _interface(n, raw) for n, raw in wg_raw.items()}
+    users = parse_users(doc["openvpn"]) if doc.get("openvpn") is not None else {}
     return DesiredState(version=version, wireguard=wireguard, users=users)
 
 
-def _position(e: Exception) -> str:
+def json_position(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"line {e.lineno} column {e.colno}"
     return "unknown position"

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .feed import _USERNAME, FeedError, _peer, _position, _users, parse_snapshot
+from .feed import (
+    USERNAME,
+    FeedError,
+    interface_name,
+    json_position,
+    parse_peer,
+    parse_snapshot,
+    parse_users,
+)
 from .model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_key
 
 __all__ = [
@@ -95,7 +103,7 @@ def _interface_delta(name: str, raw: Any) -> InterfaceDelta:
     seen: set[bytes] = set()
     owner: dict[AllowedIP, int] = {}
     for i, item in enumerate(upsert_raw):
-        peer, expiry = _peer(f"{where}.upsert[{i}]", item)
+        peer, expiry = parse_peer(f"{where}.upsert[{i}]", item)
         if peer.public_key in seen:
             raise FeedError(f"{where}.upsert[{i}].public_key: duplicate public key")
         seen.add(peer.public_key)
@@ -124,13 +132,13 @@ def _interface_delta(name: str, raw: Any) -> InterfaceDelta:
 def _users_delta(raw: Any) -> tuple[dict[str, User], frozenset[str]]:
     upsert_raw, remove_raw = _change_object("openvpn", raw)
     try:
-        upsert = _users({"users": upsert_raw})
+        upsert = parse_users({"users": upsert_raw})
     except FeedError as e:
-        # feed._users names positions as in a snapshot; rename them to the delta's field.
+        # feed.parse_users names positions as in a snapshot; rename them to the delta's field.
         raise FeedError(str(e).replace("openvpn.users[", "openvpn.upsert[", 1)) from None
     remove: set[str] = set()
     for j, name in enumerate(remove_raw):
-        if not isinstance(name, str) or not _USERNAME.match(name):
+        if not isinstance(name, str) or not USERNAME.match(name):
             raise FeedError(f"openvpn.remove[{j}]: not a valid username")
         if name in upsert:
             raise FeedError(f"openvpn.remove[{j}]: also in upsert")
@@ -152,7 +160,7 @@ def delta_from_doc(doc: Any) -> Delta:
     wg_raw = doc.get("wireguard", {})
     if not isinstance(wg_raw, dict):
         raise FeedError("wireguard: must be an object")
-    wireguard = {str(name): _interface_delta(str(name), raw) for name, raw in wg_raw.items()}
+    wireguard = {interface_name(n): _interface_delta(n, raw) for n, raw in wg_raw.items()}
     user_upsert: dict[str, User] = {}
     user_remove: frozenset[str] = frozenset()
     if doc.get("openvpn") is not None:
@@ -164,7 +172,7 @@ def _loads(data: bytes | bytearray | str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise FeedError(f"not valid JSON ({type(e).__name__} at {_position(e)})") from None
+        raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
 
 
 def parse_delta(data: bytes | bytearray | str) -> Delta:

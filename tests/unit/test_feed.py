@@ -65,6 +65,11 @@ BAD = [
     ("not json", "{", "not valid JSON"),
     ("no version", json.dumps({"full": True}), "version"),
     ("not full", json.dumps({"version": "1", "full": False}), "full"),
+    (
+        "key as interface name",
+        json.dumps({"version": "1", "full": True, "wireguard": {K1: {"peers": []}}}),
+        "not a valid interface name",
+    ),
     ("short key", doc([{"public_key": "AAAA"}]), "peers[0].public_key"),
     ("hex key", doc([{"public_key": key("f", 1).hex()}]), "peers[0].public_key"),
     ("bad psk", doc([{"public_key": K1, "preshared_key": K1[:-2]}]), "preshared_key"),

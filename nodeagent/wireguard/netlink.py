@@ -21,7 +21,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -35,6 +36,15 @@ from .link import ensure_addresses_up
 from .uapi_text import clamp_private_key
 
 log = logging.getLogger(__name__)
+
+
+class DumpDecoder(Protocol):
+    """Takes the genl payload of each reply of one dump (``buf[start:end]``)."""
+
+    def add(self, buf: bytes, start: int, end: int) -> None: ...
+
+
+_D = TypeVar("_D", bound=DumpDecoder)
 
 SOL_NETLINK = 270
 NETLINK_GENERIC = 16
@@ -175,51 +185,65 @@ class KernelBackend:
     def read(self) -> Device:
         """Dump the interface's key, port and peers (endpoints and statistics are dropped)."""
         t0 = time.monotonic()
-        for _attempt in range(_DUMP_ATTEMPTS):
-            with _gc_paused():
-                dev = self._dump_once()
-            if dev is not None:
-                log.debug(
-                    "wg_read interface=%s peers=%d ms=%d",
-                    self._interface,
-                    len(dev.peers),
-                    (time.monotonic() - t0) * 1000,
-                )
-                return dev
-        raise BackendError(f"{self._interface}: read kept being interrupted")
+        dev = self.dump(nlwire.DeviceDecoder, "read").device()
+        log.debug(
+            "wg_read interface=%s peers=%d ms=%d",
+            self._interface,
+            len(dev.peers),
+            (time.monotonic() - t0) * 1000,
+        )
+        return dev
 
-    def _dump_once(self) -> Device | None:
-        """One GET_DEVICE dump; None when the kernel says it was interrupted (retry)."""
+    def dump(self, new_decoder: Callable[[], _D], op: str) -> _D:
+        """One complete GET_DEVICE dump fed to a fresh decoder, retried if interrupted."""
+        for _attempt in range(_DUMP_ATTEMPTS):
+            dec = new_decoder()
+            with _gc_paused():
+                if self._dump_once(dec, op):
+                    return dec
+        raise BackendError(f"{self._interface}: {op} kept being interrupted")
+
+    def _dump_once(self, dec: DumpDecoder, op: str) -> bool:
+        """One GET_DEVICE dump into ``dec``; False when the kernel says it was interrupted."""
         s = self._socket()
         seq = self._next_seq()
         try:
             s.send(nlwire.encode_get_device(self._family, self._interface, seq=seq))
         except OSError as e:
-            raise BackendError(f"{self._interface}: read failed ({e.strerror})") from None
-        dec = nlwire.DeviceDecoder()
+            raise BackendError(f"{self._interface}: {op} failed ({e.strerror})") from None
         interrupted = False
         while True:
-            data = self._recv(s, "read")
+            data = self._recv(s, op)
             try:
                 for m in nlwire.iter_messages(data):
                     if m.seq != seq:
                         continue  # a stale reply from an earlier, abandoned request
                     if m.type == nlwire.NLMSG_DONE:
-                        return None if interrupted else dec.device()
+                        return not interrupted
                     if m.type == nlwire.NLMSG_ERROR:
                         code = nlwire.error_code(data, m)
                         if code == 0:
                             continue
                         if code in _RETRY_ERRNOS:
-                            return None
-                        raise self._fail("read", code)
+                            return False
+                        raise self._fail(op, code)
                     if m.flags & nlwire.NLM_F_DUMP_INTR:
                         interrupted = True
                     if m.type == self._family and not interrupted:
                         dec.add(data, m.start, m.end)
             except nlwire.DecodeError as e:
                 self._reset()
-                raise BackendError(f"{self._interface}: read got a bad reply ({e})") from None
+                raise BackendError(f"{self._interface}: {op} got a bad reply ({e})") from None
+
+    def send_messages(self, msgs: Iterable[bytes], op: str) -> int:
+        """Send SET_DEVICE messages (any sequence numbers) and check every ack; the count."""
+        return self._send_acked(self._socket(), msgs, op)
+
+    @property
+    def family(self) -> int:
+        """The generic netlink family id of ``wireguard`` (resolved with the socket)."""
+        self._socket()
+        return self._family
 
     # --- apply --------------------------------------------------------------
 

@@ -2,15 +2,14 @@
 
 ``nlwire``'s decoder skips endpoints and handshake times on purpose; this module
 reads exactly those two, reduces them to "has an endpoint" and "idle or not"
-inside one call, and keeps neither. It opens its own short-lived netlink socket
-per operation so that it shares no sequence numbers or buffers with
-:class:`KernelBackend`, which may be mid-conversation in another thread.
+inside one call, and keeps neither. The conversation itself is the backend's
+(:meth:`KernelBackend.dump`, :meth:`KernelBackend.send_messages`); the daemon
+never runs a scrub and a reconcile on one backend at the same time.
 """
 
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,19 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from ..model import KEY_LEN, Device, Peer, Plan
 from ..privacy.scrub import PeerActivity, handshake_age, select_idle
 from . import nlwire
-from .backend import BackendError, InterfaceMissing
-from .netlink import KernelBackend, resolve_family
+from .netlink import KernelBackend
 
 Clock = Callable[[], float]
 
 _TIMESPEC = struct.Struct("=qq")
-_TIMEOUT = 60.0
-_RECV_SIZE = 1 << 20
-_BATCH_BYTES = 256 * 1024
-_NETLINK_GENERIC = 16
-_NETLINK_CAP_ACK = 10  # error replies quote only the request header
-_SOL_NETLINK = 270
-_DUMP_ATTEMPTS = 5
 
 
 class ActivityDecoder:
@@ -146,7 +137,6 @@ class KernelScrubPort:
     def __init__(self, backend: KernelBackend, *, clock: Clock = time.time) -> None:
         self._backend = backend
         self._clock = clock
-        self._seq = int(time.monotonic() * 1000) & 0x3FFFFFFF
 
     @property
     def interface(self) -> str:
@@ -155,100 +145,12 @@ class KernelScrubPort:
     def read(self) -> Device:
         return self._backend.read()
 
-    def _open(self) -> tuple[socket.socket, int]:
-        family = resolve_family()
-        try:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC)
-            s.bind((0, 0))
-            s.settimeout(_TIMEOUT)
-            s.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
-        except OSError as e:
-            raise BackendError(f"{self.interface}: netlink setup failed ({e.strerror})") from None
-        return s, family
-
-    def _fail(self, op: str, code: int) -> BackendError:
-        if code == errno.ENODEV:
-            return InterfaceMissing(f"{self.interface}: no such interface ({op})")
-        return BackendError(f"{self.interface}: {op} failed ({errno.errorcode.get(code, code)})")
-
-    def _next_seq(self, n: int = 1) -> int:
-        seq = self._seq
-        self._seq = (self._seq + n) & 0x3FFFFFFF
-        return seq
-
     def idle_peers(self, idle_after: float) -> list[bytes]:
-        s, family = self._open()
-        with s:
-            for _attempt in range(_DUMP_ATTEMPTS):
-                seq = self._next_seq()
-                try:
-                    s.send(nlwire.encode_get_device(family, self.interface, seq=seq))
-                    datagrams = _recv_until_done(s, seq)
-                    return idle_from_dump(datagrams, seq, idle_after, self._clock())
-                except DumpError as e:
-                    if e.code in (errno.EINTR, errno.EBUSY, errno.EAGAIN):
-                        continue
-                    raise self._fail("scrub read", e.code) from None
-                except nlwire.DecodeError as e:
-                    raise BackendError(
-                        f"{self.interface}: scrub read got a bad reply ({e})"
-                    ) from None
-                except OSError as e:
-                    raise BackendError(
-                        f"{self.interface}: scrub read failed ({e.strerror or 'timed out'})"
-                    ) from None
-        raise BackendError(f"{self.interface}: scrub read kept being interrupted")
+        now = self._clock()
+        dec = self._backend.dump(lambda: ActivityDecoder(now), "scrub read")
+        return select_idle(dec.peers.values(), idle_after)
 
     def readd(self, peers: Sequence[Peer]) -> None:
-        if not peers:
-            return
-        s, family = self._open()
-        with s:
-            msgs = readd_messages(family, self.interface, peers, seq=0)
-            seq0 = self._next_seq(len(msgs))
-            first_error = 0
-            try:
-                i = 0
-                while i < len(msgs):
-                    batch: list[bytes] = []
-                    size = 0
-                    while i < len(msgs) and (not batch or size + len(msgs[i]) <= _BATCH_BYTES):
-                        batch.append(_with_seq(msgs[i], (seq0 + i) & 0x3FFFFFFF))
-                        size += len(msgs[i])
-                        i += 1
-                    pending = {(seq0 + i - len(batch) + k) & 0x3FFFFFFF for k in range(len(batch))}
-                    s.send(b"".join(batch))
-                    while pending:
-                        data = s.recv(_RECV_SIZE)
-                        for m in nlwire.iter_messages(data):
-                            if m.type != nlwire.NLMSG_ERROR or m.seq not in pending:
-                                continue
-                            pending.discard(m.seq)
-                            code = nlwire.error_code(data, m)
-                            first_error = first_error or code
-            except nlwire.DecodeError as e:
-                raise BackendError(f"{self.interface}: scrub got a bad reply ({e})") from None
-            except OSError as e:
-                raise BackendError(
-                    f"{self.interface}: scrub failed ({e.strerror or 'timed out'})"
-                ) from None
-        if first_error:
-            raise self._fail("scrub", first_error)
-
-
-def _recv_until_done(s: socket.socket, seq: int) -> list[bytes]:
-    out: list[bytes] = []
-    while True:
-        data = s.recv(_RECV_SIZE)
-        out.append(data)
-        for m in nlwire.iter_messages(data):
-            if m.seq != seq:
-                continue
-            if m.type == nlwire.NLMSG_DONE:
-                return out
-            if m.type == nlwire.NLMSG_ERROR and nlwire.error_code(data, m):
-                return out
-
-
-def _with_seq(msg: bytes, seq: int) -> bytes:
-    return msg[:8] + struct.pack("=I", seq) + msg[12:]
+        if peers:
+            b = self._backend
+            b.send_messages(readd_messages(b.family, b.interface, peers, seq=0), "scrub")

@@ -3,8 +3,8 @@ PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
 APT = scripts/ensure-apt
 
-UNIT_PKGS = prometheus
-NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3
+UNIT_PKGS = prometheus openssl
+NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2
 
 .PHONY: test test-unit test-netns test-kernel lint bench demo deps-python deps-netns deps-kernel
@@ -38,7 +38,6 @@ test-kernel: deps-kernel
 
 # The whole system in network namespaces: feed server, agent, wireguard-go, a client, iperf3.
 demo: deps-netns
-	$(APT) curl
 	$(PYTHON) -m nodeagent lab
 
 bench: deps-netns deps-kernel

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,11 +102,9 @@ class AgentState:
     feed_loaded_at: float | None = None
     feed_errors: int = 0
     sync_errors: int = 0
-    scrub_errors: int = 0
     syncs: int = 0
     first_sync_ok: bool = False
     last_sync_failed: bool = False
-    last_outcomes: list[SyncOutcome] = field(default_factory=list)
 
 
 class Agent:
@@ -253,7 +251,6 @@ class Agent:
                 try:
                     await asyncio.to_thread(self._scrub_one, backend)
                 except Exception as e:  # a failed pass is retried at the next interval
-                    self.state.scrub_errors += 1
                     log.warning("scrub_failed interface=%s error=%s", name, type(e).__name__)
 
     def _scrub_one(self, backend: Backend) -> None:
@@ -380,7 +377,6 @@ class Agent:
         self._known = {o.interface: o.peers for o in outcomes}
         self.state.syncs += 1
         self.state.first_sync_ok = True
-        self.state.last_outcomes = outcomes
         for o in outcomes:
             self.reconcile_stats.record(o)
             if o.added or o.updated or o.removed:

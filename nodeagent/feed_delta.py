@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .feed import (
     USERNAME,
@@ -32,6 +32,7 @@ from .feed import (
 from .model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_key
 
 __all__ = [
+    "Applied",
     "Delta",
     "DeltaMismatch",
     "InterfaceDelta",
@@ -231,7 +232,14 @@ def apply_delta(state: DesiredState, delta: Delta) -> DesiredState:
     return DesiredState(version=delta.version, wireguard=wireguard, users=users)
 
 
-def apply_document(data: bytes | bytearray | str, current: DesiredState | None) -> DesiredState:
+class Applied(NamedTuple):
+    """The state a feed answer led to, and whether the answer was a full snapshot."""
+
+    state: DesiredState
+    full: bool
+
+
+def apply_document(data: bytes | bytearray | str, current: DesiredState | None) -> Applied:
     """A snapshot or a delta, whichever ``data`` is, turned into the new state.
 
     A full snapshot replaces ``current``; a delta is applied to it (DeltaMismatch
@@ -242,8 +250,8 @@ def apply_document(data: bytes | bytearray | str, current: DesiredState | None) 
         del doc
         # parse_snapshot decodes again; a full answer to a since= request is the rare
         # path (the server lost the history), so the second decode is accepted here.
-        return parse_snapshot(bytes(data) if isinstance(data, bytearray) else data)
+        return Applied(parse_snapshot(bytes(data) if isinstance(data, bytearray) else data), True)
     delta = delta_from_doc(doc)
     if current is None:
         raise DeltaMismatch("since: a delta arrived but no state is held yet")
-    return apply_delta(current, delta)
+    return Applied(apply_delta(current, delta), False)

@@ -43,7 +43,7 @@ import aiohttp
 
 from .config import FeedConfig, read_secret
 from .feed import FeedError, parse_snapshot
-from .feed_delta import DeltaMismatch, apply_document
+from .feed_delta import Applied, DeltaMismatch, apply_document
 from .model import DesiredState
 
 __all__ = ["FeedFetchError", "FeedStats", "HttpFeed", "make_session"]
@@ -186,13 +186,15 @@ class HttpFeed:
                     self._want_full, self._watch = True, None
                     log.info("feed_poll gone refetch=full")
                     continue
-                state = await self._parse(answer, since, current)
+                applied = await self._parse(answer, since, current)
             except FeedFetchError as e:
                 await self._failed(e)
                 continue
-            if state is None:
+            if applied is None:
                 continue
-            kind = "full" if since is None else "delta"
+            state = applied.state
+            # A server that lost its history may answer since= with a full snapshot.
+            kind = "full" if applied.full else "delta"
             if current is not None and state.version == current.version:
                 self._succeeded("unchanged")
                 await self._pace(started)
@@ -218,14 +220,14 @@ class HttpFeed:
 
     async def _parse(
         self, body: bytes, since: str | None, current: DesiredState | None
-    ) -> DesiredState | None:
+    ) -> Applied | None:
         """The state in ``body``; None after a delta that does not fit (then a full fetch)."""
         try:
             if since is None:
                 # Validation of a large snapshot takes a second of CPU: not on the event loop.
-                state = await asyncio.to_thread(parse_snapshot, body)
+                applied = Applied(await asyncio.to_thread(parse_snapshot, body), True)
             else:
-                state = await asyncio.to_thread(apply_document, body, current)
+                applied = await asyncio.to_thread(apply_document, body, current)
         except DeltaMismatch:
             self.stats.answers["gap"] += 1
             self._want_full, self._watch = True, None
@@ -240,7 +242,7 @@ class HttpFeed:
             # FeedError names a position in the document, never a value from it.
             raise FeedFetchError("invalid") from e
         self._want_full, self._watch = False, None
-        return state
+        return applied
 
     def _succeeded(self, kind: str) -> None:
         self.stats.answers[kind] += 1

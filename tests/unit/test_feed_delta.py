@@ -149,8 +149,8 @@ def test_parse_delta_refuses_a_snapshot() -> None:
 
 def test_apply_document_takes_snapshots_too() -> None:
     snap = json.dumps({"version": "v7", "full": True, "wireguard": {"wg0": {"peers": []}}})
-    new = apply_document(snap.encode(), base())
-    assert new.version == "v7" and new.wireguard["wg0"].peers == {}
+    new, full = apply_document(snap.encode(), base())
+    assert full and new.version == "v7" and new.wireguard["wg0"].peers == {}
 
 
 BAD_IP_UPSERT = {"public_key": K[2], "allowed_ips": ["10.8.0.2/32"]}
@@ -298,5 +298,6 @@ def test_deltas_of_the_reference_server_reach_its_snapshot(seed: int) -> None:
             _random_change(rng, store, next_id)
         doc = store.delta_document(held.version)
         assert doc is not None
-        held = apply_document(json.dumps(doc), held)
+        held, full = apply_document(json.dumps(doc), held)
+        assert not full
         assert held == parse_snapshot(store.full_body(False))

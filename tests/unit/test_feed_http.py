@@ -352,3 +352,41 @@ async def test_users_ride_along(server: FeedServer, feed: tuple[HttpFeed, Record
     server.store.apply(remove_users=["u48151623"])
     state = await next_state(f, state)
     assert state.users == {}
+
+
+async def test_a_full_snapshot_answering_since_is_taken_as_full(
+    token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that lost its history may answer ``since=`` with a snapshot: not a delta."""
+    from aiohttp import web
+
+    versions = iter(["v1", "v2"])
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.query.get("since"))
+        version = next(versions)
+        doc = {"version": version, "full": True, "wireguard": {"wg0": {"peers": [peer(1)]}}}
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/feed", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = FeedConfig(
+        url=f"http://127.0.0.1:{port}/feed", path=None, token_file=str(token_file),
+        ca_file=None, long_poll=0.2, max_removal_ratio=0.5, max_bytes=1 << 20,
+    )  # fmt: skip
+    try:
+        async with HttpFeed(config, sleep=Recorder(), rand=lambda: 0.5, min_interval=0.0) as f:
+            first = await next_state(f, None)
+            second = await next_state(f, first)
+    finally:
+        await runner.cleanup()
+    assert seen == [None, "v1"] and second.version == "v2"
+    assert f.stats.answers["full"] == 2 and f.stats.answers["delta"] == 0
+    updates = [r.getMessage() for r in caplog.records if "feed_update" in r.getMessage()]
+    assert len(updates) == 2 and all("kind=full" in m for m in updates), updates

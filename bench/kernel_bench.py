@@ -8,7 +8,10 @@ Measures, in one run, each on fresh interfaces:
   (a) ``wg setconf`` of all peers vs our full apply (plan from empty + apply);
   (b) a 200-peer change (100 removed, 50 added, 50 changed) with ``wg syncconf``
       vs what the daemon does on a feed change: plan against the state it
-      holds from its previous pass, and apply (``sync_interface(known=...)``);
+      holds from its previous pass, and apply (``sync_interface(known=...)``),
+      once with the change arriving as a full snapshot (every peer freshly
+      parsed: the worst case for planning) and once as a delta (the feed
+      carries unchanged peers over as the same objects);
   (b') the same change with a read-back first (the daemon's periodic drift
       repair, every ``wireguard.resync_interval``);
   (c) ``wg show IFACE dump`` vs our ``read()``.
@@ -31,12 +34,13 @@ from datetime import UTC, datetime
 
 from pyroute2 import IPRoute
 
+from nodeagent.feed import parse_snapshot
 from nodeagent.model import DesiredInterface, Peer, format_key
 from nodeagent.reconcile import plan
 from nodeagent.sync import SyncOutcome, sync_interface
 from nodeagent.wireguard import nlwire
 from nodeagent.wireguard.netlink import KernelBackend
-from tests.peerdata import key, make_peers, v4
+from tests.peerdata import feed_document, key, make_peers, v4
 
 _names = itertools.count()
 
@@ -80,7 +84,7 @@ def wg(*args: str) -> str:
 
 
 def changed(desired: dict[bytes, Peer]) -> dict[bytes, Peer]:
-    """100 removed, 50 added, 50 with new allowed IPs: a 200-peer change."""
+    """100 removed, 50 added, 50 with new allowed IPs: a 200-peer change, as a delta leaves it."""
     keys = sorted(desired)
     out = dict(desired)
     for k in keys[:100]:
@@ -91,6 +95,11 @@ def changed(desired: dict[bytes, Peer]) -> dict[bytes, Peer]:
         pk = key("bench-new", i)
         out[pk] = Peer(pk, frozenset({v4(i, 15)}))
     return out
+
+
+def reparsed(peers: dict[bytes, Peer]) -> dict[bytes, Peer]:
+    """The same peers as fresh objects, as parsing a full snapshot leaves them."""
+    return dict(parse_snapshot(feed_document(peers, "wg0")).wireguard["wg0"].peers)
 
 
 def full_apply(name: str, desired: Mapping[bytes, Peer], **kw: int) -> float:
@@ -122,16 +131,18 @@ def main() -> None:
             t_wg = timed(lambda: wg("syncconf", ref, conf2), "wg syncconf")
             now = datetime.now(UTC)
             out: list[SyncOutcome] = []
-            t_us = timed(
-                lambda: out.append(
-                    sync_interface(b, DesiredInterface(desired2), now, known=desired)
-                ),
-                "plan+apply against the known state",
-            )
-            n = out[0].added + out[0].updated + out[0].removed
-            rows.append((f"(b) change of {n} vs syncconf", t_us, t_wg))
-            # Back to the first state, then the same change with a read-back first.
-            b.apply(plan(desired, b.read().peers))
+            for how, want in (("full snapshot", reparsed(desired2)), ("delta", desired2)):
+                t_us = timed(
+                    lambda want=want: out.append(
+                        sync_interface(b, DesiredInterface(want), now, known=desired)
+                    ),
+                    f"plan+apply against the known state, from a {how}",
+                )
+                n = out[-1].added + out[-1].updated + out[-1].removed
+                rows.append((f"(b) change of {n} from a {how} vs syncconf", t_us, t_wg))
+                # Back to the first state.
+                b.apply(plan(desired, b.read().peers))
+            # The same change with a read-back first.
             t_wg = timed(lambda: wg("setconf", ref, conf1), "wg setconf (reset)")
             t_wg = timed(lambda: wg("syncconf", ref, conf2), "wg syncconf")
             t_us = timed(

@@ -15,12 +15,16 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
     """Peers to add, fields to update, and peers to remove to turn ``actual`` into ``desired``."""
     add: list[Peer] = []
     update: list[PeerUpdate] = []
+    get = actual.get
+    # The hot loop of a small change to 20,000 peers: the identity test catches the
+    # peers a delta feed carried over, and comparing the two fields directly is
+    # several times cheaper than the dataclass's __eq__.
     for key, want in desired.items():
-        have = actual.get(key)
+        have = get(key)
+        if have is want:
+            continue
         if have is None:
             add.append(want)
-            continue
-        if want == have:
             continue
         ips_differ = want.allowed_ips != have.allowed_ips
         psk_differs = want.preshared_key != have.preshared_key

@@ -1,10 +1,13 @@
 """The daemon: reconciler, feed follower, scrubber, load sampler, push and watchdog tasks.
 
-Readable top to bottom: ``run()`` installs signal handlers, starts named tasks,
-waits for the stop event, then cancels and drains the tasks with a timeout.
-SIGTERM/SIGINT stop, SIGHUP reloads the configuration (a bad new one keeps the
-old one running) and re-reads the feed. The kernel is never touched on the way
-out: stopping or restarting the agent leaves every peer where it is.
+Readable top to bottom: ``run()`` installs signal handlers, starts the HTTP
+server and named tasks, waits for the stop event, then cancels and drains the
+tasks with a timeout. SIGTERM/SIGINT stop, SIGHUP reloads the configuration (a
+bad new one keeps the old one running) and re-reads the feed. A reload replaces
+each service whose settings changed (the HTTP server, the load sampler, the
+pusher) through the same ``_start_*`` method ``run()`` uses. The kernel is never
+touched on the way out: stopping or restarting the agent leaves every peer where
+it is.
 """
 
 from __future__ import annotations
@@ -21,15 +24,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, WireguardInterfaceConfig, load_config, read_private_key
+from .config import (
+    Config,
+    ConfigError,
+    LoadConfig,
+    WireguardInterfaceConfig,
+    load_config,
+    read_private_key,
+)
 from .feed import FeedError, FileStamp, read_file_feed, stamp
 from .feed_http import HttpFeed
-from .http import HttpServer, Sources
-from .load.sampler import LoadSampler
+from .http import HttpServer, HttpSettings, Sources
+from .load.meter import LoadReport
+from .load.sampler import LoadSampler, SamplerCounts
 from .metrics import MetricsSnapshot, ReconcileStats, feed_age, make_registry
 from .model import DesiredState, InterfaceSetup, Peer
 from .privacy.scrub import scrub_once, scrub_port
-from .push import Pusher
+from .push import Pusher, PushSettings, PushState
 from .sdnotify import Notifier
 from .status import StatusBoard
 from .sync import RemovalRefused, SyncOutcome, sync_interface
@@ -55,6 +66,16 @@ def setup_for(cfg: WireguardInterfaceConfig) -> InterfaceSetup | None:
     if not cfg.create or cfg.private_key_file is None or cfg.listen_port is None:
         return None
     return InterfaceSetup(read_private_key(cfg.private_key_file), cfg.listen_port, cfg.addresses)
+
+
+def http_settings(config: Config) -> HttpSettings | None:
+    """The ``http`` section with its token and certificate as they are now; None: no server."""
+    return None if config.http is None else HttpSettings.read(config.http)
+
+
+def push_settings(config: Config) -> PushSettings | None:
+    """The ``push`` section, node name and secret as they are now; None: no push."""
+    return None if config.push is None else PushSettings.read(config.push, config.node_name)
 
 
 def reconcile_all(
@@ -105,6 +126,7 @@ class AgentState:
     syncs: int = 0
     first_sync_ok: bool = False
     last_sync_failed: bool = False
+    reloads: int = 0  # configurations a reload took over (a bad one is not counted)
 
 
 class Agent:
@@ -141,15 +163,20 @@ class Agent:
         self.board = StatusBoard(config.node_name, __version__)
         self.reconcile_stats = ReconcileStats()
         self.registry = make_registry(self._metrics_snapshot)
-        self.sampler: LoadSampler | None = None
-        if config.load is not None:
-            self.sampler = LoadSampler(
-                config.load, on_report=lambda r: self.board.update(r, self._problems())
-            )
-        self.pusher: Pusher | None = None
-        if config.push is not None:
-            self.pusher = Pusher.from_config(config.push, config.node_name, lambda: self.board.body)
+        self.sources = Sources(
+            status=lambda: self.board.body,
+            registry=self.registry,
+            health=self._health,
+            ready=self._ready,
+        )
+        # Built by run() and replaced by a reload that changes their settings. The
+        # counts they expose as Prometheus counters live here, shared by each
+        # generation, so that a reload never turns a counter back.
         self.http: HttpServer | None = None
+        self.sampler: LoadSampler | None = None
+        self.sampler_counts = SamplerCounts()
+        self.pusher: Pusher | None = None
+        self.push_state = PushState()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -165,28 +192,19 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        self._open_backends()
-        if self.config.http is not None:
-            sources = Sources(
-                status=lambda: self.board.body,
-                registry=self.registry,
-                health=self._health,
-                ready=self._ready,
-            )
-            self.http = HttpServer.from_config(self.config.http, sources)
-            await self.http.start()
-        self._start("reconciler", self._reconciler())
-        self._start("feed", self._feed_follower())
-        if self.sampler is not None:
-            self._start("load-sampler", self.sampler.run())
-        if self.pusher is not None:
-            self._start("push", self.pusher.run())
-        self._start("scrubber", self._scrubber())
-        if self._notifier.watchdog_interval:
-            self._start("watchdog", self._watchdog())
-        log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
-        self._notifier.ready()
         try:
+            # Inside the try: a failed start (an address in use) still closes what opened.
+            self._open_backends()
+            await self._start_http(http_settings(self.config))
+            self._start("reconciler", self._reconciler())
+            self._start("feed", self._feed_follower())
+            self._start_sampler(self.config.load)
+            self._start_pusher(push_settings(self.config))
+            self._start("scrubber", self._scrubber())
+            if self._notifier.watchdog_interval:
+                self._start("watchdog", self._watchdog())
+            log.info("agent started interfaces=%d", len(self.config.wireguard.interfaces))
+            self._notifier.ready()
             await self._stop.wait()
         finally:
             self._notifier.stopping()
@@ -214,6 +232,13 @@ class Agent:
         task.add_done_callback(self._task_done)
         self._tasks[name] = task
 
+    async def _stop_task(self, name: str) -> None:
+        """Cancel a task and wait until it cleaned up (closed its session or socket)."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=SHUTDOWN_TIMEOUT)
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         """A task that ends by itself is a bug: log it and stop, so systemd restarts us."""
         if task.cancelled():
@@ -233,6 +258,79 @@ class Agent:
             with contextlib.suppress(Exception):
                 backend.close()
         self._backends.clear()
+
+    # -- services: started by run(), replaced by a reload that changes their settings --
+
+    async def _start_http(self, settings: HttpSettings | None) -> None:
+        """Serve ``/status`` and friends (None: no server); ``OSError`` if it cannot."""
+        server = None if settings is None else HttpServer.from_settings(settings, self.sources)
+        if server is not None:
+            await server.start()
+        self.http = server
+
+    async def _replace_http(self, settings: HttpSettings | None) -> bool:
+        """Serve ``settings`` instead; if they cannot be served, serve the old ones again.
+
+        The old server closes first: the new one may want the same port.
+        """
+        old = self.http
+        if settings == (old.settings if old is not None else None):
+            return False
+        if old is not None:
+            await old.close()
+        try:
+            await self._start_http(settings)
+            return True
+        except OSError as e:  # an address in use or not local, a certificate that does not load
+            # errno only: the exception's text quotes the address.
+            log.error("config_reload http_failed error=%s errno=%s", type(e).__name__, e.errno)
+        self.http = None
+        if old is not None:
+            try:
+                await old.start()
+                self.http = old
+            except OSError as e:
+                log.error("config_reload http_restore_failed errno=%s", e.errno)
+        return False
+
+    def _start_sampler(self, config: LoadConfig | None) -> None:
+        """Sample the load as the ``load-sampler`` task (None: no load figures)."""
+        self.sampler = None
+        if config is not None:
+            self.sampler = LoadSampler(
+                config, on_report=self._on_load_report, counts=self.sampler_counts
+            )
+            self._start("load-sampler", self.sampler.run())
+
+    async def _replace_sampler(self, config: LoadConfig | None) -> bool:
+        if config == (self.sampler.config if self.sampler is not None else None):
+            return False
+        await self._stop_task("load-sampler")
+        if config is None:
+            self.board.clear_report()
+        # A new meter: its window starts afresh, as the new settings ask.
+        self._start_sampler(config)
+        return True
+
+    def _on_load_report(self, report: LoadReport) -> None:
+        self.board.update(report, self._problems())
+
+    def _start_pusher(self, settings: PushSettings | None) -> None:
+        """Push the status document as the ``push`` task (None: no push)."""
+        self.pusher = None
+        if settings is not None:
+            self.pusher = Pusher.from_settings(
+                settings, lambda: self.board.body, state=self.push_state
+            )
+            self._start("push", self.pusher.run())
+
+    async def _replace_pusher(self, settings: PushSettings | None) -> bool:
+        if settings == (self.pusher.settings if self.pusher is not None else None):
+            return False
+        # Waits for the old pusher to close its HTTP session.
+        await self._stop_task("push")
+        self._start_pusher(settings)
+        return True
 
     # -- tasks ---------------------------------------------------------------------
 
@@ -420,19 +518,19 @@ class Agent:
         return "load_sampler_stalled" if late else None
 
     def _metrics_snapshot(self) -> MetricsSnapshot:
-        s, p = self.sampler, self.pusher
+        s = self.sampler
         return MetricsSnapshot(
             load=s.meter.report if s else None,
             links=s.links if s else {},
-            load_sample_errors=s.errors if s else 0,
+            load_sample_errors=self.sampler_counts.errors,
             reconcile=self.reconcile_stats.snapshot(),
             reconcile_passes=self.state.syncs,
             reconcile_errors=self.state.sync_errors,
             feed_age_seconds=self._feed_age(),
             feed_errors=self.state.feed_errors
             + (sum(self.http_feed.stats.errors.values()) if self.http_feed else 0),
-            push_successes=p.successes if p else 0,
-            push_failures=p.failures if p else 0,
+            push_successes=self.push_state.successes,
+            push_failures=self.push_state.failures,
             ready=self._ready() is None,
         )
 
@@ -444,6 +542,16 @@ class Agent:
             log.error("config_reload_failed problems=%d keeping=old", len(e.problems))
             for problem in e.problems:
                 log.error("config_problem %s", problem)
+            return
+        try:
+            # load_config read these files moments ago; one that went since is a bad
+            # configuration too, and nothing has changed yet.
+            http, push = http_settings(new), push_settings(new)
+        except (OSError, ValueError) as e:
+            log.error(
+                "config_reload_failed reason=secret_unreadable error=%s keeping=old",
+                type(e).__name__,
+            )
             return
         old_ifaces = {c.name: c for c in self.config.wireguard.interfaces}
         new_ifaces = {c.name: c for c in new.wireguard.interfaces}
@@ -464,7 +572,19 @@ class Agent:
         self._feed_stamp = None
         if new.feed.path is not None:
             await self._load_feed(new.feed.path)
-        log.info("config_reload done interfaces=%d", len(new.wireguard.interfaces))
+        if new.node_name != self.board.node:
+            self.board.rename(new.node_name)
+        replaced = {
+            "http": await self._replace_http(http),
+            "load": await self._replace_sampler(new.load),
+            "push": await self._replace_pusher(push),
+        }
+        self.state.reloads += 1
+        log.info(
+            "config_reload done interfaces=%d replaced=%s",
+            len(new.wireguard.interfaces),
+            ",".join(name for name, done in replaced.items() if done) or "none",
+        )
 
 
 def sync_once(config: Config, backend_factory: BackendFactory = open_backend) -> list[SyncOutcome]:

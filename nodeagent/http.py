@@ -9,15 +9,21 @@ time. ``/healthz`` and ``/readyz`` never do: systemd and load balancers probe
 them, and they say nothing beyond "up" and a short reason.
 
 There is no access log: it would record client addresses and times.
+
+A server is built from :class:`HttpSettings`: the ``http`` section with what
+its token and TLS files held when read. A reload compares settings, so a token
+rotated in place or a renewed certificate replaces the server.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -29,7 +35,7 @@ from .config import HTTPConfig, read_secret
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpServer", "Sources", "make_app", "split_host_port", "tls_context"]
+__all__ = ["HttpServer", "HttpSettings", "Sources", "make_app", "split_host_port", "tls_context"]
 
 PROTECTED = frozenset({"/status", "/metrics"})
 
@@ -116,11 +122,34 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """An ``http`` section with the token it names and a digest of its TLS files, as read."""
+
+    config: HTTPConfig
+    token: bytes | None = field(repr=False)
+    # SHA-256 of the certificate and of the key: enough to see a renewal, and
+    # no second copy of the key in memory.
+    tls_digest: tuple[bytes, bytes] | None = field(repr=False)
+
+    @classmethod
+    def read(cls, config: HTTPConfig) -> HttpSettings:
+        """Reads the files now; raises ``OSError`` or ``ValueError`` (as ``read_secret``)."""
+        token = read_secret(config.token_file) if config.token_file else None
+        digest = None
+        if config.tls is not None:
+            cert = Path(config.tls.cert_file).read_bytes()
+            key = read_secret(config.tls.key_file)
+            digest = (hashlib.sha256(cert).digest(), hashlib.sha256(key).digest())
+        return cls(config, token, digest)
+
+
 class HttpServer:
     """Serves the app on every configured address; an async context manager.
 
     ``async with HttpServer.from_config(cfg, sources):`` binds on enter (an
     address in use raises ``OSError`` there) and closes the listeners on exit.
+    A closed server may be started again, with the same token and certificate.
     """
 
     def __init__(
@@ -128,18 +157,27 @@ class HttpServer:
         app: web.Application,
         listen: tuple[str, ...],
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        settings: HttpSettings | None = None,
     ) -> None:
         self._app = app
         self._listen = listen
         self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: HttpSettings, sources: Sources) -> HttpServer:
+        """Loads the certificate now (``ssl.SSLError`` if it does not match the key)."""
+        tls = settings.config.tls
+        ctx = tls_context(tls.cert_file, tls.key_file) if tls else None
+        app = make_app(sources, settings.token)
+        return cls(app, settings.config.listen, ctx, settings=settings)
 
     @classmethod
     def from_config(cls, config: HTTPConfig, sources: Sources) -> HttpServer:
         """Reads the token and TLS files now: a bad file fails the start, not the first request."""
-        token = read_secret(config.token_file) if config.token_file else None
-        ctx = tls_context(config.tls.cert_file, config.tls.key_file) if config.tls else None
-        return cls(make_app(sources, token), config.listen, ctx)
+        return cls.from_settings(HttpSettings.read(config), sources)
 
     @property
     def ports(self) -> list[int]:

@@ -11,6 +11,10 @@ jitter, so that a fleet does not stampede a collector that comes back.
 
 Clock, sleep, randomness and the HTTP session are injectable; the tests run
 the real loop against a real collector with a fake clock.
+
+A reload that changes where, as whom or with which secret to push replaces
+the pusher; a :class:`PushState` shared by the old and the new one carries the
+counts and the last timestamp over.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -35,6 +39,8 @@ __all__ = [
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "Backoff",
+    "PushSettings",
+    "PushState",
     "Pusher",
     "sign",
     "signed_headers",
@@ -78,6 +84,38 @@ class Backoff:
         return nominal / 2 + nominal / 2 * rnd
 
 
+@dataclass(frozen=True, slots=True)
+class PushSettings:
+    """Where, as whom and how often to push, with the secret as read from its file.
+
+    A reload compares these rather than the ``push`` section alone: a secret
+    rotated in place is a change too.
+    """
+
+    url: str
+    node: str
+    secret: bytes = field(repr=False)
+    interval: float
+
+    @classmethod
+    def read(cls, config: PushConfig, node: str) -> PushSettings:
+        """Reads the secret file now; raises ``OSError`` or ``ValueError`` as ``read_secret``."""
+        return cls(config.url, node, read_secret(config.secret_file), config.interval)
+
+
+@dataclass(slots=True)
+class PushState:
+    """What outlives one pusher when a reload replaces it.
+
+    The counts are Prometheus counters, which must never go backwards, and the
+    collector refuses a timestamp that is not newer than the last one it took.
+    """
+
+    successes: int = 0
+    failures: int = 0
+    last_timestamp: int = 0
+
+
 class Pusher:
     """Pushes the newest status document every ``interval`` seconds; run :meth:`run` as a task."""
 
@@ -94,6 +132,7 @@ class Pusher:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rnd: Callable[[], float] = random.random,
         backoff: Backoff | None = None,
+        state: PushState | None = None,
     ) -> None:
         self.url = url
         self.node = node
@@ -107,22 +146,41 @@ class Pusher:
         self._rnd = rnd
         # The cap never falls below the interval: backing off must not push more often.
         self.backoff = backoff or Backoff(cap=max(300.0, interval))
-        self.successes = 0
-        self.failures = 0
+        self.state = PushState() if state is None else state
         self.consecutive_failures = 0
-        self._last_timestamp = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: PushSettings, body: Callable[[], bytes], *, state: PushState | None = None
+    ) -> Pusher:
+        """A pusher for ``settings``; pass the ``state`` of the one it replaces, if any."""
+        s = settings
+        return cls(s.url, s.node, s.secret, s.interval, body, state=state)
 
     @classmethod
     def from_config(cls, config: PushConfig, node: str, body: Callable[[], bytes]) -> Pusher:
-        return cls(config.url, node, read_secret(config.secret_file), config.interval, body)
+        return cls.from_settings(PushSettings.read(config, node), body)
+
+    @property
+    def settings(self) -> PushSettings:
+        """What this pusher was built from, to compare with a reloaded configuration."""
+        return PushSettings(self.url, self.node, self._secret, self.interval)
+
+    @property
+    def successes(self) -> int:
+        return self.state.successes
+
+    @property
+    def failures(self) -> int:
+        return self.state.failures
 
     async def _timestamp(self) -> int:
         """Whole seconds, strictly after the previous push's: the collector refuses repeats."""
         ts = int(self._clock())
-        while ts <= self._last_timestamp:
-            await self._sleep(self._last_timestamp + 1 - self._clock())
+        while ts <= self.state.last_timestamp:
+            await self._sleep(self.state.last_timestamp + 1 - self._clock())
             ts = int(self._clock())
-        self._last_timestamp = ts
+        self.state.last_timestamp = ts
         return ts
 
     async def push_once(self) -> bool:
@@ -151,11 +209,11 @@ class Pusher:
     def _succeeded(self) -> None:
         if self.consecutive_failures:
             log.info("push recovered after_failures=%d", self.consecutive_failures)
-        self.successes += 1
+        self.state.successes += 1
         self.consecutive_failures = 0
 
     def _failed(self, reason: str) -> None:
-        self.failures += 1
+        self.state.failures += 1
         self.consecutive_failures += 1
         # Logged when failing starts and then at powers of two: a dead collector
         # must not fill the journal.

@@ -101,6 +101,20 @@ class StatusBoard:
         self._problems: tuple[str, ...] = ()
         self.body = encode(status_document(node, agent_version, clock(), None))
 
+    @property
+    def node(self) -> str:
+        return self._node
+
+    def rename(self, node: str) -> bytes:
+        """Publish under a new node name (a reload changed ``node.name``); the report stays."""
+        self._node = node
+        return self.update()
+
+    def clear_report(self) -> bytes:
+        """Drop the load report (a reload removed ``load``): no figure beats a stale one."""
+        self._report = None
+        return self.update()
+
     def update(
         self, report: LoadReport | None = None, problems: Iterable[str] | None = None
     ) -> bytes:

@@ -3,6 +3,10 @@
 The thin shell around the pure meter. Counter reads are blocking netlink
 calls and run in a worker thread; a failed read is counted and sampled as
 "unreadable" (the status turns degraded), never fatal to the task.
+
+A reload that changes the ``load`` section replaces the sampler; a
+:class:`SamplerCounts` shared by the old and the new one keeps the error count,
+a Prometheus counter, from going backwards.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from ..config import LoadConfig
 from .counters import CounterError, LinkCounters, LinkReader, link_speed_bps
@@ -19,7 +24,14 @@ from .meter import LoadReport, Meter, MeterConfig, Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadSampler"]
+__all__ = ["LoadSampler", "SamplerCounts"]
+
+
+@dataclass(slots=True)
+class SamplerCounts:
+    """Counts that outlive one sampler: a reload replaces the sampler, not the counts."""
+
+    errors: int = 0
 
 
 class LoadSampler:
@@ -35,6 +47,7 @@ class LoadSampler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_report: Callable[[LoadReport], object] | None = None,
+        counts: SamplerCounts | None = None,
     ) -> None:
         self.config = config
         self.meter = Meter(MeterConfig.from_load(config))
@@ -45,8 +58,13 @@ class LoadSampler:
         self._sleep = sleep
         self._on_report = on_report
         self.links: Mapping[str, LinkCounters] = {}
-        self.errors = 0
+        self.counts = SamplerCounts() if counts is None else counts
         self.last_sample_at: float | None = None
+
+    @property
+    def errors(self) -> int:
+        """Samples whose counters could not be read."""
+        return self.counts.errors
 
     def _read(self) -> tuple[dict[str, LinkCounters], dict[str, int | None]]:
         links = self._reader.read(self.config.interfaces)
@@ -65,7 +83,7 @@ class LoadSampler:
             links, speeds = await asyncio.to_thread(self._read)
         except CounterError as e:
             ok = False
-            self.errors += 1
+            self.counts.errors += 1
             log.warning("load_sample failed reason=%s", e)
         now = self._clock()
         sample = Sample(

@@ -28,9 +28,9 @@ from .config import (
     Config,
     ConfigError,
     LoadConfig,
+    LogConfig,
     WireguardInterfaceConfig,
     load_config,
-    read_private_key,
 )
 from .feed import FeedError, FileStamp, read_file_feed, stamp
 from .feed_http import HttpFeed
@@ -42,6 +42,7 @@ from .model import DesiredState, InterfaceSetup, Peer
 from .privacy.scrub import scrub_once, scrub_port
 from .push import Pusher, PushSettings, PushState
 from .sdnotify import Notifier
+from .secretfile import read_private_key
 from .status import StatusBoard
 from .sync import RemovalRefused, SyncOutcome, sync_interface
 from .wireguard import Backend, BackendError, open_backend
@@ -137,12 +138,15 @@ class Agent:
         backend_factory: BackendFactory = open_backend,
         notifier: Notifier | None = None,
         clock: Callable[[], datetime] = utcnow,
+        configure_logging: Callable[[LogConfig], None] | None = None,
     ) -> None:
+        """``configure_logging`` applies a reloaded ``log`` section (the CLI owns logging)."""
         self.config = config
         self.state = AgentState()
         self._factory = backend_factory
         self._notifier = notifier or Notifier()
         self._clock = clock
+        self._configure_logging = configure_logging
         self._backends: dict[str, Backend] = {}
         self._desired: DesiredState | None = None
         self._feed_stamp: FileStamp | None = None
@@ -553,6 +557,8 @@ class Agent:
                 type(e).__name__,
             )
             return
+        if new.log != self.config.log and self._configure_logging is not None:
+            self._configure_logging(new.log)
         old_ifaces = {c.name: c for c in self.config.wireguard.interfaces}
         new_ifaces = {c.name: c for c in new.wireguard.interfaces}
         for name, cfg in old_ifaces.items():

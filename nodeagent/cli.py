@@ -99,7 +99,7 @@ def _sync_once(config: Config) -> int:
 def _run(config: Config) -> int:
     from .agent import Agent
 
-    agent = Agent(config)
+    agent = Agent(config, configure_logging=lambda c: setup_logging(c.level, c.format))
     try:
         asyncio.run(agent.run())
     except KeyboardInterrupt:

@@ -41,10 +41,11 @@ from typing import Self
 
 import aiohttp
 
-from .config import FeedConfig, read_secret
+from .config import FeedConfig
 from .feed import FeedError, parse_snapshot
 from .feed_delta import Applied, DeltaMismatch, apply_document
 from .model import DesiredState
+from .secretfile import read_secret
 
 __all__ = ["FeedFetchError", "FeedStats", "HttpFeed", "make_session"]
 

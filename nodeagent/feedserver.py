@@ -44,7 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import read_secret
+from .secretfile import read_secret
 
 __all__ = ["Fault", "FeedServer", "FeedStore", "main"]
 

@@ -31,7 +31,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from .config import HTTPConfig, read_secret
+from .config import HTTPConfig
+from .secretfile import read_secret
 
 log = logging.getLogger(__name__)
 

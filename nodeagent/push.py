@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from .config import PushConfig, read_secret
+from .config import PushConfig
+from .secretfile import read_secret
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import IO, Any
 
-from .config import read_secret
+from .secretfile import read_secret
 
 __all__ = ["DEFAULT_URL", "fetch_status", "main_status", "render"]
 

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from nodeagent.agent import Agent
-from nodeagent.config import WireguardInterfaceConfig, load_config
+from nodeagent.config import LogConfig, WireguardInterfaceConfig, load_config
 from nodeagent.push import HEADER_NODE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers
@@ -120,6 +120,7 @@ class Rig:
         (tmp / "feed.json").write_text(feed_document(make_peers(3), "wgu0"))
         self.fake = FakeBackend("wgu0")
         self.agent: Agent | None = None
+        self.logging: list[LogConfig] = []  # what the agent asked the CLI to apply
         self.task: asyncio.Task[None] | None = None
 
     def write(
@@ -130,6 +131,7 @@ class Rig:
         token: bool = True,
         push: str | None = None,
         load: str | None = None,
+        log: str | None = None,
     ) -> None:
         text = (
             f"node: {{name: {node}}}\n"
@@ -143,13 +145,19 @@ class Rig:
             text += f"push: {{url: {push!r}, secret_file: {self.secret_file}, interval: 1s}}\n"
         if load is not None:
             text += f"load: {load}\n"
+        if log is not None:
+            text += f"log: {log}\n"
         self.config_path.write_text(text)
 
     def factory(self, cfg: WireguardInterfaceConfig) -> FakeBackend:
         return self.fake
 
     async def start(self) -> Agent:
-        self.agent = Agent(load_config(self.config_path), backend_factory=self.factory)
+        self.agent = Agent(
+            load_config(self.config_path),
+            backend_factory=self.factory,
+            configure_logging=self.logging.append,
+        )
         self.task = asyncio.create_task(self.agent.run())
         await until(lambda: self.agent is not None and self.agent.state.syncs > 0)
         return self.agent
@@ -374,3 +382,16 @@ async def test_load_change_replaces_the_sampler(rig: Rig) -> None:
     await rig.reload()
     assert agent.sampler is None and percent() is None
     assert "load_no_data" in json.loads((await get(port))[1])["problems"]
+
+
+# -- logging ---------------------------------------------------------------------
+
+
+async def test_log_change_is_handed_to_the_cli(rig: Rig) -> None:
+    rig.write()
+    await rig.start()
+    await rig.reload()
+    assert rig.logging == [], "an unchanged log section is not applied again"
+    rig.write(log="{level: debug, format: json}")
+    await rig.reload()
+    assert rig.logging == [LogConfig(level="debug", format="json")]

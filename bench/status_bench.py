@@ -2,119 +2,176 @@
 
     python bench/status_bench.py [--peers 20000] [--connections 200] [--seconds 10] [--idle 30]
 
-A serving process is started that is shaped like the agent: one event loop
-with the HTTP server (``nodeagent.http``), the load sampler at a 1 s interval
-and a reconciler that runs ``sync.sync_interface`` in a worker thread against
-a real wireguard-go interface (first a load of ``--peers`` peers, then full
-updates of every peer's allowed IPs, back to back). Measured:
+The real daemon is measured: ``python -m nodeagent run -c CONFIG`` (this
+interpreter), managing a real wireguard-go interface in a lab namespace
+through its UAPI socket, with a file feed, the HTTP server on 127.0.0.1, and
+the load sampler at a 1 s interval. The feed first holds ``--peers`` peers;
+the initial load is applied before anything is measured. Measured:
 
-- CPU of the serving process at idle (sampler only, no requests) over ``--idle`` s;
+- CPU of the daemon at idle (no requests, no feed changes) over ``--idle`` s;
+  whatever the daemon does on its own at idle (sampler, scrubber, periodic
+  read-back) counts;
 - ``wrk`` against ``/status`` with ``--connections`` concurrent connections,
-  first without a reconcile, then while reconciles run: requests per second
-  and latency percentiles, side by side.
+  first at idle, then while the daemon reconciles: a driver alternates the
+  feed file (written atomically) between two documents of ``--peers`` peers
+  that differ in every peer's allowed IPs, and writes the next one as soon as
+  the daemon logs the pass (``peer_sync applied ... ms=N``). The daemon polls
+  its file feed once a second, so passes follow each other with up to 1 s
+  between them. Requests per second and latency percentiles, side by side,
+  and each pass with the duration the daemon reported.
 
-A benchmark, not a test: it prints figures and asserts only that requests
-succeeded and reconciles completed.
+A benchmark, not a test: it prints figures, and exits non-zero only when
+requests failed or no reconcile pass completed during the busy run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from nodeagent import __version__
-from nodeagent.config import LoadConfig
-from nodeagent.http import HttpServer, Sources, make_app
-from nodeagent.lab.netns import Lab, missing_prerequisites
-from nodeagent.load.sampler import LoadSampler
-from nodeagent.metrics import MetricsSnapshot, ReconcileStats, make_registry
-from nodeagent.model import DesiredInterface, Peer
-from nodeagent.status import StatusBoard
-from nodeagent.sync import sync_interface
-from nodeagent.wireguard.uapi import UapiBackend
-from tests.peerdata import make_peers, v4
+from nodeagent.lab.netns import Lab, WireguardGo, missing_prerequisites
+from nodeagent.model import Peer
+from tests.peerdata import feed_document, make_peers, v4, write_atomic
 
-# --- the serving process (agent-shaped) ---------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_TIMEOUT = 600.0  # the initial load of 20,000 peers on a busy machine
+STOP_TIMEOUT = 60.0  # the daemon lets a pass in flight finish before it exits
+
+PASS_LINE = re.compile(
+    r"peer_sync applied interface=(?P<interface>\S+) added=(?P<added>\d+) "
+    r"updated=(?P<updated>\d+) removed=(?P<removed>\d+) unchanged=(?P<unchanged>\d+) "
+    r"ms=(?P<ms>\d+)"
+)
+
+# --- the daemon and its log -----------------------------------------------------------
 
 
-async def serve(port: int, interface: str, socket_path: str, peers: int) -> None:
-    board = StatusBoard("bench-01", __version__)
-    stats = ReconcileStats()
-    sampler = LoadSampler(
-        LoadConfig(("lo",), 1_000_000_000, 1.0, 60.0, 1.0), on_report=lambda r: board.update(r)
+@dataclass(frozen=True)
+class Pass:
+    """One reconcile pass, as the daemon logged it."""
+
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    ms: int
+
+    @property
+    def held(self) -> int:
+        """Peers the interface holds after the pass."""
+        return self.added + self.updated + self.unchanged
+
+
+class DaemonLog:
+    """The daemon's log file, read incrementally for ``peer_sync applied`` lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def passes(self) -> list[Pass]:
+        """The passes logged since the previous call."""
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        out: list[Pass] = []
+        for line in lines:
+            m = PASS_LINE.search(line.decode(errors="replace"))
+            if m:
+                counts = ("added", "updated", "removed", "unchanged", "ms")
+                out.append(Pass(*(int(m.group(k)) for k in counts)))
+        return out
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.path.read_text(errors="replace").splitlines()[-lines:])
+
+    def problems(self) -> list[str]:
+        text = self.path.read_text(errors="replace")
+        return [ln for ln in text.splitlines() if ln.startswith(("WARNING", "ERROR"))]
+
+
+def write_config(tmp: Path, wg: WireguardGo, feed: Path, port: int) -> Path:
+    config = tmp / "config.yaml"
+    config.write_text(
+        f"node: {{name: bench-01}}\n"
+        f"wireguard:\n  interfaces:\n"
+        f"    - {{name: {wg.name}, backend: userspace, uapi_socket: {wg.socket_path}}}\n"
+        f"feed: {{path: {feed}}}\n"
+        f"load: {{interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}}\n"
+        f"http: {{listen: ['127.0.0.1:{port}']}}\n"
+        f"log: {{level: info}}\n"
     )
-    sources = Sources(
-        status=lambda: board.body,
-        registry=make_registry(
-            lambda: MetricsSnapshot(
-                load=sampler.meter.report, links=sampler.links, reconcile=stats.snapshot()
-            )
-        ),
-        health=lambda: None,
-        ready=lambda: None,
-    )
-    backend = UapiBackend(interface, socket_path)
-    first = make_peers(peers)
-    second = {k: Peer(k, frozenset({v4(i, 11)}), p.preshared_key) for i, (k, p) in
-              enumerate(first.items())}  # fmt: skip
-    reconciling = asyncio.Event()
-    passes: list[dict[str, float]] = []
-
-    async def reconciler() -> None:
-        flip = False
-        while True:
-            await reconciling.wait()
-            desired = DesiredInterface(second if flip else first)
-            flip = not flip
-            started = time.monotonic()
-            outcome = await asyncio.to_thread(sync_interface, backend, desired, _now())
-            stats.record(outcome)
-            passes.append(
-                {
-                    "seconds": time.monotonic() - started,
-                    "added": outcome.added,
-                    "updated": outcome.updated,
-                    "removed": outcome.removed,
-                }
-            )
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async with HttpServer(make_app(sources), (f"127.0.0.1:{port}",)):
-        tasks = [asyncio.create_task(sampler.run()), asyncio.create_task(reconciler())]
-        print("ready", flush=True)
-        while line := (await reader.readline()).decode().strip():
-            if line == "reconcile on":
-                passes.clear()
-                reconciling.set()
-            elif line == "reconcile off":
-                reconciling.clear()
-                print(json.dumps(passes), flush=True)
-            elif line == "quit":
-                break
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    return config
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def start_daemon(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-# --- the driver -----------------------------------------------------------------------
+def wait_for_load(agent: subprocess.Popen[bytes], log: DaemonLog, peers: int) -> Pass:
+    """Block until a pass leaves the interface holding all ``peers``."""
+    deadline = time.monotonic() + LOAD_TIMEOUT
+    while time.monotonic() < deadline:
+        for p in log.passes():
+            if p.held == peers:
+                return p
+        if agent.poll() is not None:
+            raise SystemExit(f"the daemon exited with {agent.returncode}:\n{log.tail()}")
+        time.sleep(0.05)
+    raise SystemExit(f"the initial load was not applied in {LOAD_TIMEOUT:.0f} s:\n{log.tail()}")
+
+
+class Flipper(threading.Thread):
+    """Alternates the feed between two documents, the next one once the daemon logged a pass."""
+
+    def __init__(
+        self, feed: Path, documents: tuple[str, str], log: DaemonLog, alive: Callable[[], bool]
+    ) -> None:
+        super().__init__(name="flipper", daemon=True)
+        self.feed, self.documents, self.log, self.alive = feed, documents, log, alive
+        self.passes: list[Pass] = []
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        turn = 0
+        while not self._stopping.is_set() and self.alive():
+            write_atomic(self.feed, self.documents[turn % 2])
+            turn += 1
+            while not self._stopping.is_set() and self.alive():
+                if done := self.log.passes():
+                    self.passes.extend(done)
+                    break
+                time.sleep(0.02)
+
+    def stop(self) -> list[Pass]:
+        """Stop flipping; the passes completed so far (a pass in flight is not waited for)."""
+        self._stopping.set()
+        self.join()
+        return self.passes
+
+
+# --- measuring ------------------------------------------------------------------------
 
 
 def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
@@ -143,7 +200,10 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
         "p90": ms("90%"),
         "p99": ms("99%"),
         "non2xx": float(errors.group(1)) if errors else 0.0,
-        "socket_errors": 1.0 if socket_errors else 0.0,
+        # "connect 0, read 3, write 0, timeout 1"
+        "socket_errors": float(sum(map(int, re.findall(r"\d+", socket_errors.group(1)))))
+        if socket_errors
+        else 0.0,
     }
 
 
@@ -161,11 +221,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--idle", type=float, default=30.0)
     ap.add_argument("--port", type=int, default=19586)
-    ap.add_argument("--serve", nargs=2, metavar=("INTERFACE", "SOCKET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.port, args.serve[0], args.serve[1], args.peers))
-        return 0
 
     missing = missing_prerequisites()
     if shutil.which("wrk") is None:
@@ -174,36 +230,51 @@ def main() -> int:
         print("cannot run:", ", ".join(missing), file=sys.stderr)
         return 1
 
+    first = make_peers(args.peers)
+    second = {k: Peer(k, frozenset({v4(i, 11)}), p.preshared_key) for i, (k, p) in
+              enumerate(first.items())}  # fmt: skip
     url = f"http://127.0.0.1:{args.port}/status"
-    with Lab() as lab:
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="status-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         ns = lab.namespace("nab")
         wg = lab.wireguard_go(ns, "wgsb")
-        agent = subprocess.Popen(
-            [sys.executable, __file__, "--serve", wg.name, wg.socket_path,
-             "--peers", str(args.peers), "--port", str(args.port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert agent.stdin and agent.stdout
+        feed = tmp / "feed.json"
+        documents = (
+            feed_document(second, wg.name, "second"),
+            feed_document(first, wg.name, "first"),
+        )
+        write_atomic(feed, feed_document(first, wg.name, "initial"))
+        config = write_config(tmp, wg, feed, args.port)
+        argv = [sys.executable, "-m", "nodeagent", "run", "-c", str(config)]
+        log = DaemonLog(tmp / "agent.log")
+        log.path.touch()
+        agent = start_daemon(argv, log.path)
         try:
-            assert agent.stdout.readline().strip() == "ready"
+            load = wait_for_load(agent, log, args.peers)
             time.sleep(3)  # let the sampler settle
             idle = cpu_percent(agent.pid, args.idle)
             quiet = wrk(url, args.connections, args.seconds)
-            # Load the peers once, so the measured passes are steady full updates.
-            agent.stdin.write("reconcile on\n")
-            agent.stdin.flush()
-            busy = wrk(url, args.connections, args.seconds)
-            agent.stdin.write("reconcile off\n")
-            agent.stdin.flush()
-            passes = json.loads(agent.stdout.readline())
-            agent.stdin.write("quit\n")
-            agent.stdin.flush()
-            agent.wait(30)
+            flipper = Flipper(feed, documents, log, lambda: agent.poll() is None)
+            flipper.start()
+            try:
+                busy = wrk(url, args.connections, args.seconds)
+            finally:
+                passes = flipper.stop()
+            problems = log.problems()
         finally:
             if agent.poll() is None:
-                agent.kill()
-                agent.wait()
+                agent.terminate()
+                try:
+                    agent.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
 
+    print(f"# agent: {shlex.join(argv)}")
+    print(
+        f"# {args.peers} peers on wireguard-go interface {wg.name}; "
+        f"initial load applied in {load.ms / 1000:.2f} s"
+    )
     print(f"# /status with {args.connections} concurrent connections, {args.seconds} s each (wrk)")
     print(f"{'':28} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for label, r in (("idle agent", quiet), (f"during {args.peers}-peer reconciles", busy)):
@@ -211,17 +282,22 @@ def main() -> int:
             f"{label:28} {r['rps']:9.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} "
             f"{r['non2xx']:8.0f}"
         )
-    print(f"# reconcile passes during the busy run: {len(passes)}")
+    for label, r in (("idle", quiet), ("busy", busy)):
+        if r["socket_errors"]:
+            print(f"# {label} run: {r['socket_errors']:.0f} socket errors (wrk)")
+    print(f"# reconcile passes during the busy run (ms= as the daemon logged): {len(passes)}")
     for p in passes:
         print(
-            f"  {p['seconds']:6.2f} s  added={p['added']:.0f} updated={p['updated']:.0f} "
-            f"removed={p['removed']:.0f}"
+            f"  {p.ms / 1000:6.2f} s  added={p.added} updated={p.updated} "
+            f"removed={p.removed} unchanged={p.unchanged}"
         )
     print(
         f"# agent CPU at idle, 1 s sample interval, over {args.idle:g} s: {idle:.2f}% of one core"
     )
-    ok = quiet["non2xx"] == 0 and busy["non2xx"] == 0 and passes
-    return 0 if ok else 1
+    for line in problems:
+        print(f"# daemon log: {line}")
+    failed = any(r["non2xx"] or r["socket_errors"] for r in (quiet, busy))
+    return 0 if passes and not failed else 1
 
 
 if __name__ == "__main__":

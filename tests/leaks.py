@@ -339,7 +339,13 @@ def run_agent(site: Site, tmp_path: Path, argv_head: list[str], env: dict[str, s
             assert central.feed_requests >= 4 and central.pushes
         finally:
             agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
+            try:
+                agent.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+                tail = log_path.read_bytes()[-3000:].decode(errors="replace")
+                raise AssertionError(f"agent ignored SIGTERM; its log ends:\n{tail}") from None
         files = list(changed_files(before, snapshot(roots)))
         return Run(site, log_path.read_bytes(), served, central.pushes, files)
 

@@ -5,7 +5,7 @@ APT = scripts/ensure-apt
 
 UNIT_PKGS = prometheus openssl
 NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl
-KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2
+KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
 .PHONY: test test-unit test-netns test-kernel lint bench demo deps-python deps-netns deps-kernel
 

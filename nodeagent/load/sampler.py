@@ -66,13 +66,20 @@ class LoadSampler:
         """Samples whose counters could not be read."""
         return self.counts.errors
 
-    def _read(self) -> tuple[dict[str, LinkCounters], dict[str, int | None]]:
+    def _read(self) -> tuple[float, dict[str, LinkCounters], dict[str, int | None]]:
+        """(when the counters were read, the counters, the links' speeds), in a worker thread.
+
+        The time is taken here, right after the dump, not when the event loop
+        gets back to this sample: a loop busy with a large reconcile would
+        otherwise date the counters late and skew the rate of two windows.
+        """
         links = self._reader.read(self.config.interfaces)
+        read_at = self._clock()
         speeds: dict[str, int | None] = {}
         if self.config.capacity_bps is None:
             # Re-read each time: a link can renegotiate its speed.
             speeds = {name: self._speed(name) for name in links}
-        return links, speeds
+        return read_at, links, speeds
 
     async def sample_once(self) -> LoadReport:
         """Take one sample now and return the meter's report."""
@@ -80,12 +87,12 @@ class LoadSampler:
         links: dict[str, LinkCounters] = {}
         speeds: dict[str, int | None] = {}
         try:
-            links, speeds = await asyncio.to_thread(self._read)
+            now, links, speeds = await asyncio.to_thread(self._read)
         except CounterError as e:
             ok = False
             self.counts.errors += 1
             log.warning("load_sample failed reason=%s", e)
-        now = self._clock()
+            now = self._clock()
         sample = Sample(
             time=now,
             links={name: links.get(name) for name in self.config.interfaces},

@@ -1,6 +1,6 @@
 # nodeagent: `make test` runs every tier, each installing what it needs first.
 PYTHON ?= python3
-PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 APT = scripts/ensure-apt
 
 UNIT_PKGS = prometheus openssl

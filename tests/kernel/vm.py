@@ -22,9 +22,18 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
+from typing import IO, TextIO
 
 MODULE_FAILED = 97
 VM_FAILED = 98
+# Set inside the guest: what is left there is gone when the VM powers off.
+THROWAWAY_ENV = "NODEAGENT_THROWAWAY_VM"
+
+
+def in_throwaway_vm() -> bool:
+    """True inside a VM booted by this module."""
+    return os.environ.get(THROWAWAY_ENV) == "1"
 
 
 def newest_kernel() -> str:
@@ -51,9 +60,19 @@ def guest_script(cmd: list[str], rc_file: str) -> str:
         f"cd {shlex.quote(cwd)} || exit {VM_FAILED}; "
         f"if ! modprobe wireguard; then echo vm: modprobe wireguard failed >&2; "
         f"echo {MODULE_FAILED} > {shlex.quote(rc_file)}; exit {MODULE_FAILED}; fi; "
-        f"env {env} PYTHONDONTWRITEBYTECODE=1 {shlex.join(cmd)}; "
+        f"env {env} PYTHONDONTWRITEBYTECODE=1 {THROWAWAY_ENV}=1 {shlex.join(cmd)}; "
         f"echo $? > {shlex.quote(rc_file)}"
     )
+
+
+def _pump(source: IO[bytes] | None, sink: TextIO) -> None:
+    """Copy the VM's output to ours as it comes."""
+    assert source is not None
+    sink.flush()
+    fd = source.fileno()
+    for chunk in iter(lambda: os.read(fd, 65536), b""):
+        sink.buffer.write(chunk)
+        sink.buffer.flush()
 
 
 def run(cmd: list[str], *, memory: str = "2G", kernel: str | None = None) -> int:
@@ -74,10 +93,22 @@ def run(cmd: list[str], *, memory: str = "2G", kernel: str | None = None) -> int
             guest_script(cmd, rc_file),
         ]
         try:
-            proc = subprocess.run(argv, check=False)
+            # Through pipes: qemu reopens its /proc/self/fd/1 and /2, which
+            # truncates them when they are files (`make test > log` lost all
+            # output before the VM's).
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             print("vm: vng not found (pip install virtme-ng)", file=sys.stderr)
             return VM_FAILED
+        pumps = [
+            threading.Thread(target=_pump, args=(source, sink), daemon=True)
+            for source, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
+        ]
+        for pump in pumps:
+            pump.start()
+        proc.wait()
+        for pump in pumps:
+            pump.join()
         try:
             with open(rc_file) as f:
                 return int(f.read().strip())

@@ -116,6 +116,11 @@ def reconcile_all(
     return outcomes
 
 
+def _log_http_failed(e: OSError) -> None:
+    # errno only: the exception's text quotes the address or the file.
+    log.error("config_reload http_failed error=%s errno=%s", type(e).__name__, e.errno)
+
+
 @dataclass
 class AgentState:
     """What the agent knows about itself; read by status endpoints, never holds peer data."""
@@ -267,27 +272,36 @@ class Agent:
 
     async def _start_http(self, settings: HttpSettings | None) -> None:
         """Serve ``/status`` and friends (None: no server); ``OSError`` if it cannot."""
-        server = None if settings is None else HttpServer.from_settings(settings, self.sources)
+        server = None if settings is None else HttpServer(self.sources, settings)
         if server is not None:
             await server.start()
         self.http = server
 
     async def _replace_http(self, settings: HttpSettings | None) -> bool:
-        """Serve ``settings`` instead; if they cannot be served, serve the old ones again.
+        """Serve ``settings`` instead; if they cannot be served, keep serving the old ones.
 
-        The old server closes first: the new one may want the same port.
+        A new token or certificate is taken by the running server, which keeps
+        its listeners and connections. New addresses, or TLS turned on or off,
+        need a new server: the old one closes first, as the new one may want
+        the same port.
         """
         old = self.http
         if settings == (old.settings if old is not None else None):
             return False
+        if old is not None and settings is not None and old.takes(settings):
+            try:
+                old.update(settings)
+                return True
+            except OSError as e:  # a certificate that does not load
+                _log_http_failed(e)
+                return False
         if old is not None:
             await old.close()
         try:
             await self._start_http(settings)
             return True
         except OSError as e:  # an address in use or not local, a certificate that does not load
-            # errno only: the exception's text quotes the address.
-            log.error("config_reload http_failed error=%s errno=%s", type(e).__name__, e.errno)
+            _log_http_failed(e)
         self.http = None
         if old is not None:
             try:

@@ -12,7 +12,9 @@ There is no access log: it would record client addresses and times.
 
 A server is built from :class:`HttpSettings`: the ``http`` section with what
 its token and TLS files held when read. A reload compares settings, so a token
-rotated in place or a renewed certificate replaces the server.
+rotated in place or a renewed certificate is noticed; the running server takes
+them without closing its listeners (a certificate is swapped in per new TLS
+handshake), and only new addresses, or TLS turned on or off, need a new one.
 """
 
 from __future__ import annotations
@@ -64,14 +66,15 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token)
 
 
-def make_app(sources: Sources, token: bytes | None = None) -> web.Application:
-    """The application; ``token`` set means ``/status`` and ``/metrics`` need it."""
+def make_app(sources: Sources, token: Callable[[], bytes | None] = lambda: None) -> web.Application:
+    """The application; while ``token()`` returns a token, ``/status`` and ``/metrics`` need it."""
 
     @web.middleware
     async def auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if token is not None and request.path in PROTECTED and not _authorized(request, token):
+        required = token() if request.path in PROTECTED else None
+        if required is not None and not _authorized(request, required):
             return web.Response(
                 status=401,
                 text="unauthorized\n",
@@ -150,35 +153,53 @@ class HttpServer:
 
     ``async with HttpServer.from_config(cfg, sources):`` binds on enter (an
     address in use raises ``OSError`` there) and closes the listeners on exit.
-    A closed server may be started again, with the same token and certificate.
+    A closed server may be started again, with its current token and certificate.
     """
 
-    def __init__(
-        self,
-        app: web.Application,
-        listen: tuple[str, ...],
-        ssl_context: ssl.SSLContext | None = None,
-        *,
-        settings: HttpSettings | None = None,
-    ) -> None:
-        self._app = app
-        self._listen = listen
-        self._ssl = ssl_context
-        self._runner: web.AppRunner | None = None
-        self.settings = settings
-
-    @classmethod
-    def from_settings(cls, settings: HttpSettings, sources: Sources) -> HttpServer:
+    def __init__(self, sources: Sources, settings: HttpSettings) -> None:
         """Loads the certificate now (``ssl.SSLError`` if it does not match the key)."""
+        self.settings = settings
+        self._token = settings.token
+        self._app = make_app(sources, lambda: self._token)
+        self._tls: ssl.SSLContext | None = None  # the certificate new handshakes get
+        self._listener_tls: ssl.SSLContext | None = None  # what the listeners were given
+        if settings.config.tls is not None:
+            self._tls = self._listener_tls = self._load_tls(settings)
+        self._runner: web.AppRunner | None = None
+
+    def _load_tls(self, settings: HttpSettings) -> ssl.SSLContext:
         tls = settings.config.tls
-        ctx = tls_context(tls.cert_file, tls.key_file) if tls else None
-        app = make_app(sources, settings.token)
-        return cls(app, settings.config.listen, ctx, settings=settings)
+        assert tls is not None
+        ctx = tls_context(tls.cert_file, tls.key_file)
+        # Every handshake, with or without SNI, passes here: it gets the newest certificate.
+        ctx.sni_callback = self._current_tls
+        return ctx
+
+    def _current_tls(self, conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._tls is not None and conn.context is not self._tls:
+            conn.context = self._tls
 
     @classmethod
     def from_config(cls, config: HTTPConfig, sources: Sources) -> HttpServer:
         """Reads the token and TLS files now: a bad file fails the start, not the first request."""
-        return cls.from_settings(HttpSettings.read(config), sources)
+        return cls(sources, HttpSettings.read(config))
+
+    def takes(self, settings: HttpSettings) -> bool:
+        """Whether :meth:`update` can apply ``settings``: same addresses, TLS still on or off."""
+        old = self.settings.config
+        new = settings.config
+        return old.listen == new.listen and (old.tls is None) == (new.tls is None)
+
+    def update(self, settings: HttpSettings) -> None:
+        """Take a new token and certificate without closing a listener or a connection.
+
+        Only for settings this server :meth:`takes`. Raises ``OSError``
+        (``ssl.SSLError``) if the certificate does not load; then nothing changed.
+        """
+        if not self.takes(settings):
+            raise ValueError("these settings need a new server")
+        tls = self._load_tls(settings) if settings.config.tls is not None else None
+        self._tls, self._token, self.settings = tls, settings.token, settings
 
     @property
     def ports(self) -> list[int]:
@@ -195,11 +216,11 @@ class HttpServer:
         await runner.setup()
         self._runner = runner
         try:
-            for address in self._listen:
+            for address in self.settings.config.listen:
                 host, port = split_host_port(address)
-                site = web.TCPSite(runner, host, port, ssl_context=self._ssl, backlog=1024)
+                site = web.TCPSite(runner, host, port, ssl_context=self._listener_tls, backlog=1024)
                 await site.start()
-                log.info("http listening port=%d tls=%s", port, self._ssl is not None)
+                log.info("http listening port=%d tls=%s", port, self._tls is not None)
         except BaseException:
             await self.close()
             raise

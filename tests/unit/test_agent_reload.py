@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from nodeagent.config import LogConfig, WireguardInterfaceConfig, load_config
 from nodeagent.push import HEADER_NODE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers
+from tests.unit.test_status_http import self_signed
 
 TOKEN_A, TOKEN_B = "token-a-0123456789", "token-b-9876543210"
 SECRET_A, SECRET_B = b"push-secret-a-0123456789", b"push-secret-b-9876543210"
@@ -115,6 +118,7 @@ class Rig:
         self.config_path = tmp / "config.yaml"
         self.token_file = tmp / "http.token"
         self.secret_file = tmp / "push.secret"
+        self.cert_file, self.key_file = tmp / "http.crt", tmp / "http.key"
         write_secret(self.token_file, TOKEN_A.encode())
         write_secret(self.secret_file, SECRET_A)
         (tmp / "feed.json").write_text(feed_document(make_peers(3), "wgu0"))
@@ -129,6 +133,7 @@ class Rig:
         node: str = "test-01",
         listen: int | None = None,
         token: bool = True,
+        tls: bool = False,
         push: str | None = None,
         load: str | None = None,
         log: str | None = None,
@@ -140,6 +145,8 @@ class Rig:
         )
         if listen is not None:
             auth = f", token_file: {self.token_file}" if token else ""
+            if tls:
+                auth += f", tls: {{cert_file: {self.cert_file}, key_file: {self.key_file}}}"
             text += f'http: {{listen: ["127.0.0.1:{listen}"]{auth}}}\n'
         if push is not None:
             text += f"push: {{url: {push!r}, secret_file: {self.secret_file}, interval: 1s}}\n"
@@ -213,6 +220,75 @@ async def test_rotated_token_takes_effect_on_sighup(rig: Rig) -> None:
     assert (await get(port, token=TOKEN_A))[0] == 401
     assert (await get(port, token=TOKEN_B))[0] == 200
     assert (await get(port, "/metrics", token=TOKEN_B))[0] == 200
+
+
+async def test_rotated_token_keeps_listener_and_connections(rig: Rig) -> None:
+    """A new token is taken by the running server: a connection made before the reload is served."""
+    port = free_port()
+    rig.write(listen=port)
+    agent = await rig.start()
+    server = agent.http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    write_secret(rig.token_file, TOKEN_B.encode())
+    await rig.reload()
+    assert agent.http is server
+    request = f"GET /status HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN_B}\r\n"
+    writer.write(request.encode() + b"Connection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:40]
+
+
+async def served_certificate(port: int, sock: socket.socket | None = None) -> bytes:
+    """The certificate (DER) a TLS handshake on ``sock`` (or a new connection) is given."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if sock is None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    else:
+        _, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="a")
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True)
+    writer.close()
+    return bytes(der)
+
+
+def der(cert_pem: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(Path(cert_pem).read_text())
+
+
+async def test_renewed_certificate_served_by_the_same_listener(
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewed certificate reaches handshakes on the running listener; a bad one changes nothing.
+
+    A TCP connection made before the reload does its TLS handshake after it
+    and gets the new certificate: the listener and its connections lived on.
+    """
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert_a, key_a = self_signed(tmp_path / "a")
+    cert_b, key_b = self_signed(tmp_path / "b")
+    for src, dst in ((cert_a, rig.cert_file), (key_a, rig.key_file)):
+        shutil.copy(src, dst)
+    port = free_port()
+    rig.write(listen=port, tls=True)
+    agent = await rig.start()
+    server = agent.http
+    assert await served_certificate(port) == der(cert_a)
+    early = socket.create_connection(("127.0.0.1", port))
+    for src, dst in ((cert_b, rig.cert_file), (key_b, rig.key_file)):
+        shutil.copy(src, dst)
+    await rig.reload()
+    assert agent.http is server
+    assert await served_certificate(port, early) == der(cert_b)
+    assert await served_certificate(port) == der(cert_b)
+    # A certificate that does not match its key: logged, and the old one stays.
+    shutil.copy(cert_a, rig.cert_file)
+    await rig.reload()
+    assert logged(caplog, "config_reload http_failed error=SSLError errno=")
+    assert agent.http is server
+    assert await served_certificate(port) == der(cert_b)
 
 
 async def test_unchanged_config_replaces_nothing(

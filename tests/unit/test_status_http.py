@@ -114,7 +114,7 @@ async def state_client() -> AsyncIterator[
     tuple[State, TestClient[aiohttp.web.Request, aiohttp.web.Application]]
 ]:
     state = State()
-    async with TestClient(TestServer(make_app(state.sources(), TOKEN))) as client:
+    async with TestClient(TestServer(make_app(state.sources(), lambda: TOKEN))) as client:
         yield state, client
 
 
@@ -274,7 +274,7 @@ def test_no_secret_or_address_in_outputs() -> None:
 # --- a real server: TLS, and the CLI view -------------------------------------------
 
 
-def _self_signed(tmp: Path) -> tuple[str, str]:
+def self_signed(tmp: Path) -> tuple[str, str]:
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(
         [
@@ -291,7 +291,7 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
 
 
 async def test_tls_and_token_from_files(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     token_file = tmp_path / "http.token"
     token_file.write_bytes(TOKEN + b"\n")
     token_file.chmod(0o600)
@@ -317,7 +317,8 @@ async def test_status_cli(tmp_path: Path) -> None:
     token_file.write_bytes(TOKEN)
     token_file.chmod(0o600)
     state = State()
-    async with HttpServer(make_app(state.sources(), TOKEN), ("127.0.0.1:0",)) as server:
+    config = HTTPConfig(("127.0.0.1:0",), str(token_file), None)
+    async with HttpServer.from_config(config, state.sources()) as server:
         url = f"http://127.0.0.1:{server.ports[0]}/status"
         out = io.StringIO()
         # urllib blocks: run it off the loop that serves the request.

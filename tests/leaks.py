@@ -323,7 +323,7 @@ def run_agent(site: Site, tmp_path: Path, argv_head: list[str], env: dict[str, s
                 [*argv_head, "run", "-c", str(config)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                 env={**os.environ, "TMPDIR": str(tmp), "HOME": str(home),
-                     "PYTHONPATH": os.getcwd(), **env},
+                     "PYTHONPATH": os.getcwd(), "PYTHONFAULTHANDLER": "1", **env},
             )  # fmt: skip
         try:
             wait_for(lambda: converged(site))
@@ -342,10 +342,17 @@ def run_agent(site: Site, tmp_path: Path, argv_head: list[str], env: dict[str, s
             try:
                 agent.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-                tail = log_path.read_bytes()[-3000:].decode(errors="replace")
-                raise AssertionError(f"agent ignored SIGTERM; its log ends:\n{tail}") from None
+                # SIGABRT: faulthandler writes every thread's stack into the log first.
+                agent.send_signal(signal.SIGABRT)
+                try:
+                    agent.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
+                tail = log_path.read_bytes()[-6000:].decode(errors="replace")
+                raise AssertionError(
+                    f"agent did not exit on SIGTERM; its log ends:\n{tail}"
+                ) from None
         files = list(changed_files(before, snapshot(roots)))
         return Run(site, log_path.read_bytes(), served, central.pushes, files)
 

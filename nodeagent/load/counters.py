@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,36 +106,66 @@ def decode_dump(data: bytes) -> list[LinkMessage]:
 class LinkReader:
     """Reads link counters over one rtnetlink socket, optionally inside a named network namespace.
 
-    Blocking (pyroute2's synchronous API): call it from a worker thread, e.g.
-    ``asyncio.to_thread(reader.read, names)``. After a failure the socket is
-    dropped and the next call opens a fresh one.
+    Blocking (pyroute2's synchronous API): call :meth:`read` from one worker
+    thread at a time, e.g. ``asyncio.to_thread(reader.read, names)``. After a
+    failure the socket is dropped and the next call opens a fresh one.
+
+    :meth:`close` may be called from any thread at any time, also while a read
+    is in flight (a cancelled task's thread still runs): then the socket is
+    closed by that read when it returns. pyroute2's socket must not be closed
+    under a running call: with pyroute2 0.9 the reading thread then waits
+    forever, and a thread stuck in the default executor keeps the agent from
+    exiting.
     """
 
     def __init__(self, netns: str | None = None) -> None:
         self._netns = netns
         self._ipr: Any = None
+        self._state = threading.Lock()  # guards the three fields below, held only briefly
+        self._reading = False
+        self._close_after_read = False
 
     def read(self, names: Collection[str]) -> dict[str, LinkCounters]:
         """The counters of those of ``names`` that exist now; raises ``CounterError``."""
+        with self._state:
+            self._reading = True
+            ipr = self._ipr
+        failure: Exception | None = None
         try:
-            if self._ipr is None:
+            if ipr is None:
                 from pyroute2 import IPRoute
 
-                self._ipr = IPRoute(netns=self._netns) if self._netns else IPRoute()
+                ipr = IPRoute(netns=self._netns) if self._netns else IPRoute()
             # One dump of every link rather than one request per name: a single
             # round trip, and a missing link is an absent entry, not an error.
-            messages = self._ipr.get_links()
+            messages = ipr.get_links()
         except Exception as e:
-            self.close()
-            raise CounterError(f"link dump failed: {type(e).__name__}") from None
+            failure = e
+        with self._state:
+            drop = failure is not None or self._close_after_read
+            self._reading = self._close_after_read = False
+            self._ipr = None if drop else ipr
+        if drop:
+            _close_quietly(ipr)
+        if failure is not None:
+            raise CounterError(f"link dump failed: {type(failure).__name__}") from None
         return parse_links(messages, names)
 
     def close(self) -> None:
-        ipr, self._ipr = self._ipr, None
-        if ipr is not None:
-            # Closing a broken socket must not mask the failure that broke it.
-            with contextlib.suppress(Exception):
-                ipr.close()
+        """Close the socket now, or as soon as the read in flight returns."""
+        with self._state:
+            if self._reading:
+                self._close_after_read = True
+                return
+            ipr, self._ipr = self._ipr, None
+        _close_quietly(ipr)
+
+
+def _close_quietly(ipr: Any) -> None:
+    if ipr is not None:
+        # Closing a broken socket must not mask the failure that broke it.
+        with contextlib.suppress(Exception):
+            ipr.close()
 
 
 def link_speed_bps(name: str, sys_class_net: str = SYS_CLASS_NET) -> int | None:

@@ -45,4 +45,5 @@ bench: deps-netns deps-kernel
 	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) -m bench.kernel_bench
 	$(PYTHON) -m bench.uapi_bench
 	$(PYTHON) -m bench.status_bench
+	$(PYTHON) -m bench.reload_bench
 	$(PYTHON) -m bench.feed_bench

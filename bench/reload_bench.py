@@ -23,7 +23,6 @@ import argparse
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,11 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.status_bench import DaemonLog, start_daemon, wait_for_load, wrk
+from bench.status_bench import DaemonLog, start_daemon, stop_daemon, wait_for_load, wrk
 from nodeagent.lab.netns import Lab, WireguardGo, missing_prerequisites
 from tests.peerdata import feed_document, make_peers, write_atomic
-
-STOP_TIMEOUT = 30.0
 
 
 def write_config(tmp: Path, wg: WireguardGo, port: int, *, second_address: bool) -> Path:
@@ -133,13 +130,7 @@ def main() -> int:
                 if agent.poll() is not None:
                     raise SystemExit(f"the daemon exited:\n{log.tail()}")
         finally:
-            if agent.poll() is None:
-                agent.terminate()
-                try:
-                    agent.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                    agent.wait()
+            stop_daemon(agent)
 
     print(f"# agent: {shlex.join(argv)}")
     print(

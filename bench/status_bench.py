@@ -129,6 +129,17 @@ def start_daemon(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def stop_daemon(agent: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited in ``STOP_TIMEOUT``."""
+    if agent.poll() is None:
+        agent.terminate()
+        try:
+            agent.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+
+
 def wait_for_load(agent: subprocess.Popen[bytes], log: DaemonLog, peers: int) -> Pass:
     """Block until a pass leaves the interface holding all ``peers``."""
     deadline = time.monotonic() + LOAD_TIMEOUT
@@ -262,13 +273,7 @@ def main() -> int:
                 passes = flipper.stop()
             problems = log.problems()
         finally:
-            if agent.poll() is None:
-                agent.terminate()
-                try:
-                    agent.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                    agent.wait()
+            stop_daemon(agent)
 
     print(f"# agent: {shlex.join(argv)}")
     print(

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,12 +46,13 @@ from .push import Pusher, PushSettings, PushState
 from .sdnotify import Notifier
 from .secretfile import read_private_key
 from .status import StatusBoard
-from .sync import RemovalRefused, SyncOutcome, sync_interface
+from .sync import SyncOutcome, sync_interface
 from .wireguard import Backend, BackendError, open_backend
 
 log = logging.getLogger(__name__)
 
 FEED_POLL_SECONDS = 1.0
+FEED_RETRY_SECONDS = 5.0
 FEED_STALE_FACTOR, FEED_STALE_SLACK = 3, 15.0
 SHUTDOWN_TIMEOUT = 10.0
 SYNC_ONCE_TIMEOUT = 120.0
@@ -79,6 +82,39 @@ def push_settings(config: Config) -> PushSettings | None:
     return None if config.push is None else PushSettings.read(config.push, config.node_name)
 
 
+class SyncFailed(Exception):
+    """Some interfaces failed a pass; ``failures`` maps each to what an operator can act on.
+
+    ``outcomes`` are the interfaces that succeeded in the same pass.
+    """
+
+    def __init__(self, failures: Mapping[str, str], outcomes: list[SyncOutcome]) -> None:
+        super().__init__("; ".join(f"{name}: {why}" for name, why in failures.items()))
+        self.failures = dict(failures)
+        self.outcomes = outcomes
+
+
+def failure_reason(interface: str, e: BaseException) -> str:
+    """The backend's own reason for a failure, without the interface name it repeats.
+
+    BackendError texts are written by the backends and name no key or address.
+    Any other exception's text is not ours: an OSError is reduced to its errno
+    name, anything else to its type (it is a bug, and its text may quote data).
+    """
+    if isinstance(e, BackendError):
+        text = str(e)
+        return text.removeprefix(f"{interface}: ") or type(e).__name__
+    if isinstance(e, OSError) and e.errno:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return type(e).__name__
+
+
+def limit_reason(cfg: WireguardInterfaceConfig, limit: int | None) -> str:
+    """Who refuses more peers, in the words an operator searches for."""
+    who = "the kernel module" if cfg.backend == "kernel" else "wireguard-go"
+    return f"{who} takes at most {limit:,} peers" if limit else f"{who} takes no more peers"
+
+
 def reconcile_all(
     config: Config,
     backends: Mapping[str, Backend],
@@ -86,13 +122,13 @@ def reconcile_all(
     now: datetime,
     known: Mapping[str, Mapping[bytes, Peer]] | None = None,
 ) -> list[SyncOutcome]:
-    """One pass over every configured interface; the first failure is raised after the rest ran.
+    """One pass over every configured interface; ``SyncFailed`` after the rest ran if any failed.
 
     ``known`` maps interfaces to the peers they held after the previous pass;
     an interface without an entry is read back first.
     """
     outcomes: list[SyncOutcome] = []
-    failure: Exception | None = None
+    failures: dict[str, str] = {}
     for cfg in config.wireguard.interfaces:
         want = desired.wireguard.get(cfg.name)
         if want is None:
@@ -109,10 +145,10 @@ def reconcile_all(
                     known=(known or {}).get(cfg.name),
                 )
             )
-        except (BackendError, RemovalRefused, OSError) as e:
-            failure = failure or e
-    if failure is not None:
-        raise failure
+        except Exception as e:  # one interface's failure never keeps the others from their pass
+            failures[cfg.name] = failure_reason(cfg.name, e)
+    if failures:
+        raise SyncFailed(failures, outcomes)
     return outcomes
 
 
@@ -127,7 +163,11 @@ class AgentState:
 
     feed_version: str | None = None
     feed_loaded_at: float | None = None
-    feed_errors: int = 0
+    # Feed documents refused or unreadable, by kind, across every feed client a
+    # reload started: a counter that never goes backwards.
+    feed_errors: Counter[str] = field(default_factory=Counter)
+    # The newest document the feed offered was refused (the last good one is in force).
+    feed_rejected: bool = False
     sync_errors: int = 0
     syncs: int = 0
     first_sync_ok: bool = False
@@ -165,6 +205,8 @@ class Agent:
         # against it; every resync_interval (and after any failure) it is dropped
         # and the interfaces are read back, which repairs drift.
         self._known: dict[str, Mapping[bytes, Peer]] = {}
+        # Per interface, as of its last pass: (removals held back, additions over the limit).
+        self._held: dict[str, tuple[int, int]] = {}
         self._read_back_due = 0.0
         self.failed = False
         self.http_feed: HttpFeed | None = None
@@ -375,14 +417,34 @@ class Agent:
             scrub_once(scrub_port(backend), self.config.privacy.scrub_idle_after)
 
     async def _feed_follower(self) -> None:
-        """Follow the configured feed: the central service over HTTP, or a file."""
-        if self.config.feed.url is not None:
-            await self._follow_http()
-        else:
-            await self._follow_file()
+        """Follow the configured feed: the central service over HTTP, or a file.
+
+        Nothing a feed sends ends this task: whatever escapes a follower is a
+        rejected feed, counted and logged by type, and the follower starts again
+        while the last good state stays in force.
+        """
+        while True:
+            try:
+                if self.config.feed.url is not None:
+                    await self._follow_http()
+                else:
+                    await self._follow_file()
+            except Exception as e:
+                self._feed_refused("internal_error")
+                log.error(
+                    "feed_rejected reason=internal_error error=%s retry_s=%.0f",
+                    type(e).__name__,
+                    FEED_RETRY_SECONDS,
+                )
+                await asyncio.sleep(FEED_RETRY_SECONDS)
+
+    def _feed_refused(self, kind: str) -> None:
+        self.state.feed_errors[kind] += 1
+        self.state.feed_rejected = True
+        self.board.update(problems=self._problems())
 
     async def _follow_http(self) -> None:
-        async with HttpFeed(self.config.feed) as feed:
+        async with HttpFeed(self.config.feed, errors=self.state.feed_errors) as feed:
             self.http_feed = feed
             while True:
                 # next() never raises for feed or network faults: it backs off and retries,
@@ -403,21 +465,29 @@ class Agent:
         try:
             desired, st = await asyncio.to_thread(read_file_feed, path)
         except FeedError as e:
-            self._feed_stamp = stamp(path)
-            self.state.feed_errors += 1
+            self._feed_stamp = await asyncio.to_thread(stamp, path)
+            self._feed_refused("invalid")
             # FeedError names a position in the document, never a value from it.
             log.error("feed_rejected source=file reason=%s", e)
             return
         except OSError as e:
             self._feed_stamp = None
-            self.state.feed_errors += 1
+            self._feed_refused("unreadable")
             log.error("feed_unreadable source=file errno=%s", e.errno)
+            return
+        except Exception as e:
+            # A validator bug: its text is not ours. The same file is not retried
+            # until it changes, like any rejected document.
+            self._feed_stamp = await asyncio.to_thread(stamp, path)
+            self._feed_refused("invalid")
+            log.error("feed_rejected source=file reason=internal_error error=%s", type(e).__name__)
             return
         self._feed_stamp = st
         self._accept(desired, "file")
 
     def _accept(self, desired: DesiredState, source: str) -> None:
         self._desired = desired
+        self.state.feed_rejected = False
         self.state.feed_version = desired.version
         self.state.feed_loaded_at = time.time()
         log.info(
@@ -441,7 +511,17 @@ class Agent:
             if self._desired is not None:
                 try:
                     await asyncio.to_thread(self._reconcile_once, self._desired)
-                except Exception as e:  # any failure: count, back off, read back
+                except SyncFailed as e:  # count, back off, read back
+                    failed = True
+                    self.state.sync_errors += 1
+                    for name, reason in e.failures.items():
+                        log.error(
+                            "peer_sync failed interface=%s reason=%s retry_s=%.0f",
+                            name,
+                            reason,
+                            retry,
+                        )
+                except Exception as e:  # a failure outside any interface's pass
                     failed = True
                     self.state.sync_errors += 1
                     log.error("peer_sync failed error=%s retry_s=%.0f", type(e).__name__, retry)
@@ -487,18 +567,51 @@ class Agent:
             outcomes = reconcile_all(
                 self.config, self._backends, desired, self._clock(), self._known
             )
+        except SyncFailed as e:
+            # The interfaces that succeeded are reported; every one is read back next time.
+            self._known.clear()
+            self._record(e.outcomes)
+            raise
         except Exception:
             self._known.clear()
             raise
         self._known = {o.interface: o.peers for o in outcomes}
         self.state.syncs += 1
         self.state.first_sync_ok = True
+        self._record(outcomes)
+
+    def _record(self, outcomes: list[SyncOutcome]) -> None:
+        limits = {c.name: c for c in self.config.wireguard.interfaces}
         for o in outcomes:
             self.reconcile_stats.record(o)
             if o.added or o.updated or o.removed:
                 log.info("peer_sync applied %s", o.event())
             else:
                 log.debug("peer_sync unchanged %s", o.event())
+            before = self._held.get(o.interface, (0, 0))
+            held = (o.held_removals, o.held_additions)
+            self._held[o.interface] = held
+            if held == before:
+                continue  # reported when it starts, changes and ends: not every pass
+            if o.held_removals or before[0]:
+                log.warning(
+                    "peer_sync removals_held interface=%s held=%d of=%d max_removal_ratio=%g",
+                    o.interface,
+                    o.held_removals,
+                    o.peer_count,
+                    self.config.feed.max_removal_ratio,
+                )
+            if o.held_additions or before[1]:
+                cfg = limits.get(o.interface)
+                backend = self._backends.get(o.interface)
+                limit = None if backend is None else backend.max_peers
+                reason = "" if cfg is None else limit_reason(cfg, limit)
+                log.warning(
+                    "peer_sync peer_limit interface=%s held_additions=%d reason=%s",
+                    o.interface,
+                    o.held_additions,
+                    reason,
+                )
 
     # -- what the status endpoints read (cached, never the kernel) ---------------------
 
@@ -508,13 +621,26 @@ class Agent:
             problems.append("reconcile_failing")
         if self._desired is None:
             problems.append("no_feed")
+        if self._feed_rejected():
+            problems.append("feed_rejected")
+        if any(r for r, _ in self._held.values()):
+            problems.append("removals_held")
+        if any(a for _, a in self._held.values()):
+            problems.append("peer_limit")
         return problems
+
+    def _feed_rejected(self) -> bool:
+        http = self.http_feed
+        return self.state.feed_rejected or (http is not None and http.stats.rejected)
 
     def _ready(self) -> str | None:
         if self.state.last_sync_failed:
             return "reconcile_failing"
         if not self.state.first_sync_ok:
             return "first_reconcile_pending"
+        if self._feed_rejected():
+            # The service offers a state the agent refused: what it holds is not current.
+            return "feed_rejected"
         age = self._feed_age()
         limit = FEED_STALE_FACTOR * self.config.feed.long_poll + FEED_STALE_SLACK
         if self.config.feed.url is not None and age is not None and age > limit:
@@ -545,8 +671,7 @@ class Agent:
             reconcile_passes=self.state.syncs,
             reconcile_errors=self.state.sync_errors,
             feed_age_seconds=self._feed_age(),
-            feed_errors=self.state.feed_errors
-            + (sum(self.http_feed.stats.errors.values()) if self.http_feed else 0),
+            feed_errors=sum(self.state.feed_errors.values()),
             push_successes=self.push_state.successes,
             push_failures=self.push_state.failures,
             ready=self._ready() is None,

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .feed import FeedError
-from .logs import setup_logging
+from .logs import redact, setup_logging
 from .privacy import audit_cli
 from .statuscli import DEFAULT_URL, main_status
-from .sync import RemovalRefused
+from .sync import SyncOutcome
 from .wireguard import BackendError
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
@@ -80,20 +80,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sync_once(config: Config) -> int:
-    from .agent import sync_once
+    from .agent import SyncFailed, sync_once
 
     try:
         outcomes = sync_once(config)
-    except (FeedError, BackendError, RemovalRefused, OSError) as e:
-        # These messages name positions, interfaces and counts, never keys or addresses.
-        print(f"nodeagent: sync failed: {e}", file=sys.stderr)
+    except SyncFailed as e:
+        _print_outcomes(e.outcomes)
+        for name, reason in e.failures.items():
+            # Backend reasons name interfaces, operations and errnos, never keys or addresses.
+            print(f"nodeagent: sync failed: {name}: {reason}", file=sys.stderr)
         return EX_FAILURE
+    except (FeedError, BackendError, OSError) as e:
+        # These messages name positions, interfaces and counts, never keys or addresses.
+        print(f"nodeagent: sync failed: {redact(str(e))}", file=sys.stderr)
+        return EX_FAILURE
+    _print_outcomes(outcomes)
+    return EX_OK
+
+
+def _print_outcomes(outcomes: list[SyncOutcome]) -> None:
     for o in outcomes:
+        held = ""
+        if o.held_removals:
+            held += f" held_removals={o.held_removals} (feed.max_removal_ratio)"
+        if o.held_additions:
+            held += f" held_additions={o.held_additions} (peer limit)"
         print(
             f"{o.interface}: added={o.added} updated={o.updated} removed={o.removed} "
-            f"unchanged={o.unchanged}"
+            f"unchanged={o.unchanged}{held}"
         )
-    return EX_OK
 
 
 def _run(config: Config) -> int:

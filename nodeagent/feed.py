@@ -27,7 +27,36 @@ _SCRYPT = re.compile(r"scrypt\$\d{1,10}\$\d{1,4}\$\d{1,4}\$[A-Za-z0-9+/=]+\$[A-Z
 
 
 class FeedError(ValueError):
-    """A feed document was rejected. The message never quotes the document's values."""
+    """A feed document was rejected. The message never quotes the document's values.
+
+    ``version`` is the rejected document's own version when it had a usable one:
+    the HTTP client long-polls on it (``since=``) instead of decoding the body again.
+    """
+
+    def __init__(self, message: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+def decode_json(data: bytes | bytearray | str) -> Any:
+    """The decoded document; FeedError for anything that is not JSON, however it fails.
+
+    Nesting deeper than the interpreter's recursion limit (a body of 200,000
+    ``[``) makes the decoder raise RecursionError: that is a bad document too.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        # json's message quotes no document text, only a position.
+        raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
+    except RecursionError:
+        raise FeedError("not valid JSON (nested too deeply)") from None
+
+
+def document_version(doc: Any) -> str | None:
+    """A decoded document's ``version``, if it is usable as ``since=``."""
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, str) and 0 < len(version) <= 256 else None
 
 
 def parse_time(text: object) -> datetime:
@@ -140,11 +169,18 @@ def parse_users(raw: Any) -> dict[str, User]:
 
 def parse_snapshot(data: bytes | str) -> DesiredState:
     """Validate a full snapshot; any problem rejects the whole document."""
+    return snapshot_from_doc(decode_json(data))
+
+
+def snapshot_from_doc(doc: Any) -> DesiredState:
+    """Validate an already-decoded snapshot; FeedError carries its version if it had one."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        # json's message quotes no document text, only a position.
-        raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
+        return _snapshot(doc)
+    except FeedError as e:
+        raise FeedError(str(e), document_version(doc)) from None
+
+
+def _snapshot(doc: Any) -> DesiredState:
     if not isinstance(doc, dict):
         raise FeedError("document must be a JSON object")
     version = doc.get("version")

@@ -14,7 +14,6 @@ across the interface's peers, valid keys and times, ...) or raises
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +22,12 @@ from typing import Any, NamedTuple
 from .feed import (
     USERNAME,
     FeedError,
+    decode_json,
+    document_version,
     interface_name,
-    json_position,
     parse_peer,
-    parse_snapshot,
     parse_users,
+    snapshot_from_doc,
 )
 from .model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_key
 
@@ -150,7 +150,17 @@ def _users_delta(raw: Any) -> tuple[dict[str, User], frozenset[str]]:
 
 
 def delta_from_doc(doc: Any) -> Delta:
-    """Validate an already-decoded delta document (the shape only, not its fit to a state)."""
+    """Validate an already-decoded delta document (the shape only, not its fit to a state).
+
+    The FeedError of a rejected delta carries the document's version, if it had one.
+    """
+    try:
+        return _delta(doc)
+    except FeedError as e:
+        raise FeedError(str(e), document_version(doc)) from None
+
+
+def _delta(doc: Any) -> Delta:
     if not isinstance(doc, dict):
         raise FeedError("document must be a JSON object")
     if doc.get("full") is not False:
@@ -169,16 +179,9 @@ def delta_from_doc(doc: Any) -> Delta:
     return Delta(version, since, wireguard, user_upsert, user_remove)
 
 
-def _loads(data: bytes | bytearray | str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
-
-
 def parse_delta(data: bytes | bytearray | str) -> Delta:
     """Decode and validate a delta document; FeedError on any problem."""
-    return delta_from_doc(_loads(data))
+    return delta_from_doc(decode_json(data))
 
 
 def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) -> DesiredInterface:
@@ -245,13 +248,18 @@ def apply_document(data: bytes | bytearray | str, current: DesiredState | None) 
     A full snapshot replaces ``current``; a delta is applied to it (DeltaMismatch
     when there is no current state or its version is not the delta's ``since``).
     """
-    doc = _loads(data)
+    doc = decode_json(data)
     if isinstance(doc, dict) and doc.get("full") is True:
-        del doc
-        # parse_snapshot decodes again; a full answer to a since= request is the rare
-        # path (the server lost the history), so the second decode is accepted here.
-        return Applied(parse_snapshot(bytes(data) if isinstance(data, bytearray) else data), True)
+        # A full answer to a since= request: the server lost the history.
+        return Applied(snapshot_from_doc(doc), True)
     delta = delta_from_doc(doc)
+    del doc
     if current is None:
         raise DeltaMismatch("since: a delta arrived but no state is held yet")
-    return Applied(apply_delta(current, delta), False)
+    try:
+        return Applied(apply_delta(current, delta), False)
+    except DeltaMismatch:
+        raise
+    except FeedError as e:
+        # A valid delta whose result breaks a rule (an allowed IP already routed).
+        raise FeedError(str(e), delta.version) from None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import random
 import ssl
@@ -88,14 +87,17 @@ class FeedStats:
     ``invalid``, ``token``, ``transport``); ``answers`` counts good answers
     (``full``, ``delta``, ``not_modified``, ``gone``, ``gap``, ``unchanged``).
     ``last_success`` is the wall-clock time of the last answer that proved the
-    held state current (a valid document or a 304): the feed's age is
-    ``now - last_success``.
+    held state current (a valid document, or a 304 to the version held): the
+    feed's age is ``now - last_success``. ``rejected`` is true while the newest
+    document the service offered was refused: a 304 on that version proves
+    only that the service still wants it, not that the held state is current.
     """
 
     errors: Counter[str] = field(default_factory=Counter)
     answers: Counter[str] = field(default_factory=Counter)
     last_success: float | None = None
     consecutive_errors: int = 0
+    rejected: bool = False
 
     def age(self, now: float) -> float | None:
         return None if self.last_success is None else max(now - self.last_success, 0.0)
@@ -131,11 +133,14 @@ class HttpFeed:
         backoff_min: float = BACKOFF_MIN,
         backoff_max: float = BACKOFF_MAX,
         min_interval: float = MIN_INTERVAL,
+        errors: Counter[str] | None = None,
     ) -> None:
+        """``errors`` is the error counter to add to: a caller that replaces the client
+        (a reload) passes the same one, so its totals never go backwards."""
         if config.url is None:
             raise ValueError("HttpFeed needs feed.url")
         self.config = config
-        self.stats = FeedStats()
+        self.stats = FeedStats(errors=Counter() if errors is None else errors)
         self._url = config.url
         self._factory: SessionFactory = session_factory or (lambda: make_session(config))
         self._session: aiohttp.ClientSession | None = None
@@ -177,7 +182,8 @@ class HttpFeed:
             try:
                 answer = await self._request(since)
                 if answer is _Answer.NOT_MODIFIED:
-                    self._succeeded("not_modified")
+                    # Nothing newer than a rejected document proves nothing current.
+                    self._succeeded("not_modified", current=since != self._watch)
                     log.debug("feed_poll not_modified")
                     await self._pace(started)
                     continue
@@ -235,19 +241,30 @@ class HttpFeed:
             log.info("feed_poll gap refetch=full")
             return None
         except FeedError as e:
-            self._watch = _version_of(body) or self._watch
+            # The version was taken while decoding, in the worker thread: a large
+            # rejected body is never decoded again on the event loop.
+            self._watch = e.version or self._watch
             # After a rejected document there is nothing a retry of the same full fetch
             # could bring; long-poll on the rejected version instead (see module docstring).
             if self._watch is not None:
                 self._want_full = False
+            self.stats.rejected = True
             # FeedError names a position in the document, never a value from it.
+            raise FeedFetchError("invalid") from e
+        except Exception as e:
+            # A validator bug must not stop the follower: the document is refused
+            # like an invalid one, and the held state stays in force.
+            self.stats.rejected = True
             raise FeedFetchError("invalid") from e
         self._want_full, self._watch = False, None
         return applied
 
-    def _succeeded(self, kind: str) -> None:
+    def _succeeded(self, kind: str, *, current: bool = True) -> None:
+        """Count a good answer; ``current``: it proves the held state is the newest."""
         self.stats.answers[kind] += 1
-        self.stats.last_success = self._clock()
+        if current:
+            self.stats.last_success = self._clock()
+            self.stats.rejected = False
         self.stats.consecutive_errors = 0
         self._backoff = self._backoff_min
 
@@ -259,8 +276,11 @@ class HttpFeed:
         delay = self._backoff / 2 + self._rand() * self._backoff / 2
         self._backoff = min(self._backoff * 2, self._backoff_max)
         reason = ""
-        if e.kind == "invalid" and e.__cause__ is not None:
+        if isinstance(e.__cause__, FeedError):
             reason = f" reason={e.__cause__}"
+        elif e.kind == "invalid" and e.__cause__ is not None:
+            # Not a FeedError: its text is not ours and may quote the document.
+            reason = f" reason=internal_error error={type(e.__cause__).__name__}"
         log.warning(
             "feed_error kind=%s%s%s consecutive=%d retry_s=%.1f",
             e.kind,
@@ -355,13 +375,3 @@ class HttpFeed:
                 raise FeedFetchError("too_large")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def _version_of(body: bytes) -> str | None:
-    """The version of a rejected document, if it has one; only ever used as since=."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    version = doc.get("version") if isinstance(doc, dict) else None
-    return version if isinstance(version, str) and 0 < len(version) <= 256 else None

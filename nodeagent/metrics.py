@@ -56,6 +56,9 @@ class ReconcileTotals:
     seconds_sum: float = 0.0
     operations: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(OPERATIONS, 0))
     peers: int | None = None
+    # As of the last pass: what the removal guard and the peer limit held back.
+    held_removals: int = 0
+    held_additions: int = 0
 
 
 class _Outcome(Protocol):
@@ -73,13 +76,18 @@ class _Outcome(Protocol):
     def unchanged(self) -> int: ...
     @property
     def ms(self) -> float: ...
+    @property
+    def peer_count(self) -> int: ...
+    @property
+    def held_removals(self) -> int: ...
+    @property
+    def held_additions(self) -> int: ...
 
 
 class ReconcileStats:
     """Accumulates reconcile outcomes; the reconcile thread writes, scrapes read copies.
 
-    Takes anything with ``interface``, ``added``, ``updated``, ``removed``,
-    ``unchanged`` and ``ms`` (``sync.SyncOutcome``).
+    Takes anything shaped like ``sync.SyncOutcome``.
     """
 
     def __init__(self) -> None:
@@ -102,8 +110,10 @@ class ReconcileStats:
                 bucket_counts=tuple(counts),
                 seconds_sum=old.seconds_sum + seconds,
                 operations=ops,
-                # What the interface holds after the pass: the peers it kept and the new ones.
-                peers=outcome.unchanged + outcome.added,
+                # What the interface holds after the pass: kept, updated and new peers.
+                peers=outcome.peer_count,
+                held_removals=outcome.held_removals,
+                held_additions=outcome.held_additions,
             )
 
     def snapshot(self) -> dict[str, ReconcileTotals]:
@@ -247,6 +257,16 @@ def _reconcile(snap: MetricsSnapshot) -> Iterable[Metric]:
         "Peers configured on an interface (a count, never who).",
         labels=["interface"],
     )
+    held_removals = GaugeMetricFamily(
+        "nodeagent_reconcile_held_removals",
+        "Feed removals the mass-removal guard held back in the last pass (feed.max_removal_ratio).",
+        labels=["interface"],
+    )
+    held_additions = GaugeMetricFamily(
+        "nodeagent_reconcile_held_additions",
+        "Peers not added in the last pass because the implementation takes no more.",
+        labels=["interface"],
+    )
     peer_counts: dict[str, int] = {}
     for name in sorted(snap.reconcile):
         t = snap.reconcile[name]
@@ -260,12 +280,16 @@ def _reconcile(snap: MetricsSnapshot) -> Iterable[Metric]:
             ops.add_metric([name, op], t.operations.get(op, 0))
         if t.peers is not None:
             peer_counts[name] = t.peers
+        held_removals.add_metric([name], t.held_removals)
+        held_additions.add_metric([name], t.held_additions)
     peer_counts.update(snap.configured_peers)
     for name in sorted(peer_counts):
         peers.add_metric([name], peer_counts[name])
     yield duration
     yield ops
     yield peers
+    yield held_removals
+    yield held_additions
     yield CounterMetricFamily(
         "nodeagent_reconcile_passes",
         "Reconcile passes that succeeded.",

@@ -17,6 +17,7 @@ class FakeBackend:
         self.applied: list[Plan] = []
         self.fail_next_apply = False
         self.reads = 0
+        self.max_peers: int | None = None
 
     @property
     def interface(self) -> str:

@@ -28,6 +28,11 @@ class Backend(Protocol):
     @property
     def interface(self) -> str: ...
 
+    @property
+    def max_peers(self) -> int | None:
+        """The most peers the implementation accepts on one interface (None: no known limit)."""
+        ...
+
     def read(self) -> Device:
         """The interface's current key, port and peers, read back from the implementation."""
         ...

@@ -58,6 +58,7 @@ _RECV_SIZE = 1 << 20
 # Generous: in the test VM (no KVM) the kernel needs seconds for a batch of new
 # peers (a Curve25519 computation each); a stuck conversation must still end.
 _TIMEOUT = 300.0
+MAX_PEERS = 1 << 20
 _DUMP_ATTEMPTS = 5
 _RETRY_ERRNOS = (errno.EINTR, errno.EBUSY, errno.EAGAIN)
 
@@ -121,6 +122,11 @@ class KernelBackend:
     @property
     def interface(self) -> str:
         return self._interface
+
+    @property
+    def max_peers(self) -> int:
+        """The kernel module's limit on one interface (MAX_PEERS_PER_DEVICE)."""
+        return MAX_PEERS
 
     # --- socket -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_DIR = "/var/run/wireguard"
 _CHUNK = 1 << 18
+MAX_PEERS = 1 << 16
 
 #: Sends one request to a UAPI socket and returns the whole reply as text.
 Exchange = Callable[[str, bytes], str]
@@ -95,6 +96,11 @@ class UapiBackend:
     @property
     def interface(self) -> str:
         return self._interface
+
+    @property
+    def max_peers(self) -> int:
+        """wireguard-go's MaxPeers: it refuses the transaction that would pass it."""
+        return MAX_PEERS
 
     def _request(self, request: bytes, op: str) -> str:
         try:

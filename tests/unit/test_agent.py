@@ -89,7 +89,7 @@ async def test_bad_feed_changes_nothing(harness: tuple[Harness, Agent]) -> None:
     bad = json.loads(feed_doc(make_peers(5), "v3"))
     bad["wireguard"]["wgu0"]["peers"][1]["allowed_ips"] = ["10.0.0.1/24"]
     write_atomic(h.feed, json.dumps(bad))
-    await until(lambda: agent.state.feed_errors == 1)
+    await until(lambda: agent.state.feed_errors == {"invalid": 1})
     await asyncio.sleep(0.3)
     assert h.fake.peers == make_peers(20) and agent.state.feed_version == "v1"
 

@@ -82,7 +82,7 @@ def test_daemon_serves_status_and_metrics(tmp_path: Path) -> None:
         agent.terminate()
         _, err = agent.communicate(timeout=15)
     assert agent.returncode == 0
-    assert "peer_sync failed error=InterfaceMissing" in err
+    assert f"peer_sync failed interface={iface} reason=no userspace WireGuard daemon" in err
     assert "127.0.0.1" not in err
 
 

@@ -81,7 +81,7 @@ class State:
         self.board.update(REPORT)
         self.reconcile = ReconcileStats()
         self.reconcile.record(SyncOutcome("wg0", 20_000, 0, 0, 0, 8_500.0))
-        self.reconcile.record(SyncOutcome("wg0", 3, 1, 2, 19_998, 12.0))
+        self.reconcile.record(SyncOutcome("wg0", 3, 1, 2, 19_997, 12.0))
         self.snapshots = 0
         self.ready_reason: str | None = "first_reconcile_pending"
 

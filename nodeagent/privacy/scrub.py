@@ -6,11 +6,13 @@ both while keeping its key, preshared key and routes, so the client reconnects
 as before the next time it sends.
 
 The core (:func:`select_idle`) is pure. The shell (:func:`scrub_once`) asks a
-backend port for the keys of idle peers, reads their configuration back and
-re-adds them. Handshake times live only in local variables of the backend's
-parser: they are read, compared and dropped, never stored, logged or counted.
-Per-pass peer counts are not logged either: "one peer went idle at 12:03" on a
-quiet server is an access time.
+backend port for its idle peers and re-adds them. The port finds them and their
+configuration in one read of the interface, the same read on every pass: a
+second read made only when someone went quiet would date that moment for
+anyone who sees the backend's traffic or its debug log. Handshake times live
+only in local variables of the backend's parser: they are read, compared and
+dropped, never stored, logged or counted. Per-pass peer counts are not logged
+either: "one peer went idle at 12:03" on a quiet server is an access time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from ..model import Device, Peer
+from ..model import Peer
 
 if TYPE_CHECKING:
     from ..wireguard.backend import Backend
@@ -72,14 +74,16 @@ class ScrubPort(Protocol):
     @property
     def interface(self) -> str: ...
 
-    def idle_peers(self, idle_after: float) -> list[bytes]:
-        """Keys of peers with an endpoint and no handshake for ``idle_after`` seconds."""
+    def idle_peers(self, idle_after: float) -> list[Peer]:
+        """Each peer with an endpoint and no handshake for ``idle_after`` s, as configured.
+
+        One read of the interface, the same whether or not any peer is idle,
+        yields both the activity and the configuration, and logs nothing.
+        """
         ...
 
-    def read(self) -> Device: ...
-
     def readd(self, peers: Sequence[Peer]) -> None:
-        """Remove each peer and add it again with the same configuration.
+        """Remove each peer and add it again with the same configuration; nothing if empty.
 
         Each peer's removal and re-addition go to the implementation in one
         transaction, so its routes are missing for the shortest possible time.
@@ -110,15 +114,11 @@ def scrub_once(port: ScrubPort, idle_after: float) -> int:
     """One scrub pass over one interface; returns how many peers were re-added.
 
     The count is for tests and for a cumulative metric, never for a log line.
-    A peer that vanished between the two reads (a concurrent removal) is skipped.
+    Every pass makes the same calls: one read, one re-add (which sends nothing
+    when no peer is idle), one log line.
     """
-    peers: list[Peer] = []
-    keys = port.idle_peers(idle_after)
-    if keys:
-        current = port.read().peers
-        peers = [current[k] for k in keys if k in current]
-        if peers:
-            port.readd(peers)
+    peers = port.idle_peers(idle_after)
+    port.readd(peers)
     # The same line on every pass, without counts or durations (which grow
     # when someone went quiet): the log must not say when that was.
     log.debug("scrub_pass interface=%s", port.interface)

@@ -2,9 +2,12 @@
 
 ``nlwire``'s decoder skips endpoints and handshake times on purpose; this module
 reads exactly those two, reduces them to "has an endpoint" and "idle or not"
-inside one call, and keeps neither. The conversation itself is the backend's
-(:meth:`KernelBackend.dump`, :meth:`KernelBackend.send_messages`); the daemon
-never runs a scrub and a reconcile on one backend at the same time.
+inside one call, and keeps neither. The same dump also carries each peer's
+public key, preshared key and allowed IPs, so one dump a pass, whether or not
+anyone is idle, yields the idle peers ready to be re-added. The conversation
+itself is the backend's (:meth:`KernelBackend.dump`,
+:meth:`KernelBackend.send_messages`, neither of which logs); the daemon never
+runs a scrub and a reconcile on one backend at the same time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from ..model import KEY_LEN, Device, Peer, Plan
+from ..model import KEY_LEN, Peer, Plan
 from ..privacy.scrub import PeerActivity, handshake_age, select_idle
 from . import nlwire
 from .netlink import KernelBackend
@@ -77,21 +80,44 @@ def _attrs(buf: bytes, pos: int, end: int) -> Iterable[tuple[int, int, int]]:
         pos += (alen + 3) & ~3
 
 
+class ScrubDecoder:
+    """One dump read twice over: each peer's activity, and its configuration.
+
+    Both decoders see the same bytes, so every key the activity names has its
+    configuration here too.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.activity = ActivityDecoder(now)
+        self.config = nlwire.DeviceDecoder()
+
+    def add(self, buf: bytes, start: int, end: int) -> None:
+        """Decode one reply's genl payload (``buf[start:end]``) into both."""
+        self.activity.add(buf, start, end)
+        self.config.add(buf, start, end)
+
+    def idle_peers(self, idle_after: float) -> list[Peer]:
+        """The idle peers with an endpoint, as configured (call after NLMSG_DONE)."""
+        keys = select_idle(self.activity.peers.values(), idle_after)
+        peers = self.config.device().peers
+        return [peers[k] for k in keys if k in peers]
+
+
 def idle_from_dump(
     datagrams: Iterable[bytes], seq: int, idle_after: float, now: float
-) -> list[bytes]:
-    """Keys of the idle peers with an endpoint in a complete dump answer.
+) -> list[Peer]:
+    """The idle peers with an endpoint in a complete dump answer, with their configuration.
 
     An errno answer or an interrupted dump (EINTR: retry) raises ``DumpError``;
     malformed bytes raise ``DecodeError``.
     """
-    dec = ActivityDecoder(now)
+    dec = ScrubDecoder(now)
     for data in datagrams:
         for m in nlwire.iter_messages(data):
             if m.seq != seq:
                 continue
             if m.type == nlwire.NLMSG_DONE:
-                return select_idle(dec.peers.values(), idle_after)
+                return dec.idle_peers(idle_after)
             if m.type == nlwire.NLMSG_ERROR:
                 code = nlwire.error_code(data, m)
                 if code:
@@ -142,13 +168,10 @@ class KernelScrubPort:
     def interface(self) -> str:
         return self._backend.interface
 
-    def read(self) -> Device:
-        return self._backend.read()
-
-    def idle_peers(self, idle_after: float) -> list[bytes]:
+    def idle_peers(self, idle_after: float) -> list[Peer]:
         now = self._clock()
-        dec = self._backend.dump(lambda: ActivityDecoder(now), "scrub read")
-        return select_idle(dec.peers.values(), idle_after)
+        dec = self._backend.dump(lambda: ScrubDecoder(now), "scrub read")
+        return dec.idle_peers(idle_after)
 
     def readd(self, peers: Sequence[Peer]) -> None:
         if peers:

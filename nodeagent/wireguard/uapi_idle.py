@@ -2,7 +2,9 @@
 
 Kept apart from ``uapi_text``, which on purpose never reads endpoints or
 handshake times: here they are read, reduced to "has an endpoint" and "idle or
-not", and dropped within one function call.
+not", and dropped within one function call. The same ``get=1`` reply carries
+each peer's configuration, so one request a pass, whether or not anyone is
+idle, yields the idle peers ready to be re-added.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from ..model import KEY_LEN, Device, Peer, Plan
+from ..model import KEY_LEN, Peer, Plan
 from ..privacy.scrub import PeerActivity, handshake_age, select_idle
 from . import uapi_text
 from .backend import BackendError
@@ -55,12 +57,18 @@ def parse_activity(lines: Iterable[str], now: float) -> Iterator[PeerActivity]:
                 nsec = int(value)
 
 
-def idle_from_reply(text: str, idle_after: float, now: float) -> list[bytes]:
-    """Keys of the idle peers with an endpoint in a whole ``get=1`` reply (errno must be 0)."""
+def idle_from_reply(text: str, idle_after: float, now: float) -> list[Peer]:
+    """The idle peers with an endpoint in a whole ``get=1`` reply, with their configuration.
+
+    The reply's errno must be 0. Its lines are parsed twice, for activity and
+    for configuration, and both parses see every line whether or not a peer is idle.
+    """
     lines, code = uapi_text.split_reply(text)
     if code:
         raise uapi_text.UapiProtocolError(f"get refused, errno {code}")
-    return select_idle(parse_activity(lines, now), idle_after)
+    keys = select_idle(parse_activity(lines, now), idle_after)
+    peers = uapi_text.parse_device(lines).peers
+    return [peers[k] for k in keys if k in peers]
 
 
 def readd_lines(peers: Sequence[Peer]) -> list[str]:
@@ -102,15 +110,12 @@ class UapiScrubPort:
         except OSError:
             raise BackendError(f"{self.interface}: {op} failed on the UAPI socket") from None
 
-    def idle_peers(self, idle_after: float) -> list[bytes]:
+    def idle_peers(self, idle_after: float) -> list[Peer]:
         reply = self._request(uapi_text.GET_REQUEST, "scrub read")
         try:
             return idle_from_reply(reply, idle_after, self._clock())
         except uapi_text.UapiProtocolError as e:
             raise BackendError(f"{self.interface}: scrub read: {e}") from None
-
-    def read(self) -> Device:
-        return self._backend.read()
 
     def readd(self, peers: Sequence[Peer]) -> None:
         if not peers:

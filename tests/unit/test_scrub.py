@@ -43,6 +43,10 @@ def test_select_keeps_order_and_repr_hides_key() -> None:
     assert A.hex() not in repr(acts[1]) and "200" not in repr(PeerActivity(A, True, 200.0))
 
 
+def keys(peers: Sequence[Peer]) -> list[bytes]:
+    return [p.public_key for p in peers]
+
+
 def get_reply(peers: Sequence[tuple[bytes, str | None, int]]) -> str:
     lines = [f"private_key={key('priv', 0).hex()}", "listen_port=51820"]
     for k, endpoint, sec in peers:
@@ -65,8 +69,10 @@ def test_uapi_idle_from_reply() -> None:
             (D, "192.0.2.9:4000", 0),  # endpoint, never a handshake
         ]
     )
-    assert idle_from_reply(reply, 180.0, NOW) == [A, D]
-    assert idle_from_reply(reply, 600.0, NOW) == [D]
+    assert keys(idle_from_reply(reply, 180.0, NOW)) == [A, D]
+    assert keys(idle_from_reply(reply, 600.0, NOW)) == [D]
+    ip = frozenset({AllowedIP.parse("10.0.0.1/32")})
+    assert idle_from_reply(reply, 600.0, NOW) == [Peer(D, ip)], "with its configuration"
 
 
 def test_uapi_idle_refuses_errno_and_garbage() -> None:
@@ -148,8 +154,8 @@ def test_kernel_idle_from_dump() -> None:
             _peer(D, SIN6, 0),
         ]
     )
-    assert idle_from_dump([dump], 7, 180.0, NOW) == [A, D]
-    assert idle_from_dump([dump], 7, 1000.0, NOW) == [D]
+    assert keys(idle_from_dump([dump], 7, 180.0, NOW)) == [A, D]
+    assert idle_from_dump([dump], 7, 1000.0, NOW) == [Peer(D)]
 
 
 def test_kernel_dump_interrupted_or_refused() -> None:
@@ -187,12 +193,18 @@ class FakePort(FakeBackend):
         super().__init__()
         self.activity: dict[bytes, PeerActivity] = {}
         self.readded: list[list[Peer]] = []
+        self.calls: list[str] = []
 
-    def idle_peers(self, idle_after: float) -> list[bytes]:
-        return select_idle(self.activity.values(), idle_after)
+    def idle_peers(self, idle_after: float) -> list[Peer]:
+        self.calls.append("idle_peers")
+        # One snapshot, as a dump: activity and configuration of the same peers.
+        idle = select_idle(self.activity.values(), idle_after)
+        return [self.peers[k] for k in idle if k in self.peers]
 
     def readd(self, peers: Sequence[Peer]) -> None:
-        self.readded.append(list(peers))
+        self.calls.append("readd")
+        if peers:
+            self.readded.append(list(peers))
         for p in peers:
             self.activity[p.public_key] = PeerActivity(p.public_key, False, None)
 
@@ -203,12 +215,13 @@ def test_scrub_once_readds_idle_peers_with_their_configuration() -> None:
     pb = Peer(B, frozenset({AllowedIP.parse("10.0.0.3/32")}))
     port.peers = {A: pa, B: pb}
     port.activity = {A: PeerActivity(A, True, 400.0), B: PeerActivity(B, True, 3.0)}
-    port.activity[C] = PeerActivity(C, True, 900.0)  # vanished between the two reads
     assert scrub_port(port) is port
     assert scrub_once(port, 180.0) == 1
     assert port.readded == [[pa]]
-    assert scrub_once(port, 180.0) == 0  # C is still "idle" but unknown: skipped
-    assert port.readded == [[pa]], "nothing is sent when every idle key vanished"
+    assert scrub_once(port, 180.0) == 0
+    assert port.readded == [[pa]], "nothing is re-added when no peer is idle"
+    assert port.calls == ["idle_peers", "readd"] * 2, "the same calls on every pass"
+    assert port.reads == 0, "no second read of the configuration"
 
 
 def test_scrub_port_adapts_real_backends_and_refuses_others() -> None:
@@ -228,3 +241,123 @@ def test_scrub_once_logs_nothing_about_peers(caplog: pytest.LogCaptureFixture) -
     scrub_once(port, 180.0)
     assert caplog.text == idle_text, "a pass that scrubbed logs the same as one that did not"
     assert A.hex() not in idle_text and "400" not in idle_text
+
+
+# --- what a log reader or an observer of the backend sees of one pass ------------------
+
+PA = Peer(A, frozenset({AllowedIP.parse("10.0.0.2/32"), AllowedIP.parse("fd00::2/128")}), D)
+PB = Peer(B, frozenset({AllowedIP.parse("10.0.0.3/32")}))
+
+
+def _allowed(ip: AllowedIP) -> bytes:
+    return _attr(
+        nlwire.NLA_F_NESTED,
+        _attr(nlwire.WGALLOWEDIP_A_FAMILY, struct.pack("=H", ip.family))
+        + _attr(nlwire.WGALLOWEDIP_A_IPADDR, ip.address)
+        + _attr(nlwire.WGALLOWEDIP_A_CIDR_MASK, bytes([ip.cidr])),
+    )
+
+
+def _full_peer(p: Peer, endpoint: bytes, sec: int) -> bytes:
+    """A peer as the kernel dumps it: configuration and activity in one nest."""
+    body = _attr(nlwire.WGPEER_A_PUBLIC_KEY, p.public_key)
+    body += _attr(nlwire.WGPEER_A_PRESHARED_KEY, p.preshared_key or bytes(32))
+    body += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
+    body += _attr(nlwire.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", sec, 0))
+    ips = b"".join(_allowed(ip) for ip in sorted(p.allowed_ips))
+    body += _attr(nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS, ips)
+    return _attr(nlwire.NLA_F_NESTED, body)
+
+
+class ScriptedNetlink:
+    """A generic-netlink socket that answers GET_DEVICE with a fixed dump and acks SET_DEVICE."""
+
+    def __init__(self, peers: list[bytes]) -> None:
+        self.peers = peers
+        self.ops: list[str] = []
+        self.set_payloads: list[bytes] = []
+        self._replies: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        for m in nlwire.iter_messages(data):
+            cmd = data[m.start]
+            if cmd == nlwire.WG_CMD_GET_DEVICE:
+                self.ops.append("get")
+                self._replies.append(_dump(self.peers, seq=m.seq))
+            else:
+                self.ops.append("set")
+                self.set_payloads.append(data[m.start : m.end])
+                ack = nlwire.NLMSG_HDR.pack(20, nlwire.NLMSG_ERROR, 0, m.seq, 0) + bytes(4)
+                self._replies.append(ack)
+        return len(data)
+
+    def recv_into(self, buf: bytearray, n: int) -> int:
+        data = self._replies.pop(0)
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _kernel_pass(
+    handshake_age: int, caplog: pytest.LogCaptureFixture
+) -> tuple[int, list[str], list[tuple[str, int, str]], ScriptedNetlink]:
+    from nodeagent.wireguard.netlink import KernelBackend
+    from nodeagent.wireguard.netlink_idle import KernelScrubPort
+
+    sock = ScriptedNetlink(
+        [_full_peer(PA, SIN, int(NOW) - handshake_age), _full_peer(PB, SIN6, int(NOW) - 5)]
+    )
+    backend = KernelBackend("wgscrub0")
+    backend._sock, backend._family = sock, 30  # type: ignore[assignment]
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="nodeagent"):
+        n = scrub_once(KernelScrubPort(backend, clock=lambda: NOW), 180.0)
+    logs = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    return n, sock.ops, logs, sock
+
+
+def test_kernel_pass_reads_and_logs_the_same_with_and_without_idle_peers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    n_idle, ops_idle, logs_idle, sock = _kernel_pass(500, caplog)
+    n_quiet, ops_quiet, logs_quiet, _ = _kernel_pass(5, caplog)
+    assert (n_idle, n_quiet) == (1, 0)
+    assert logs_idle == logs_quiet, "a log reader cannot tell a pass that scrubbed"
+    # One dump a pass, idle peers or not: no conditional second read exists.
+    # The only difference is the scrub itself, a write that logs nothing.
+    assert ops_quiet == ["get"]
+    assert ops_idle == [*ops_quiet, "set"]
+    # No count, no duration: nothing in a line can grow when someone went quiet.
+    assert not any(ch.isdigit() for _n, _l, m in logs_quiet for ch in m.replace("wgscrub0", ""))
+    # The peer went back with its full configuration, taken from that one dump.
+    (payload,) = sock.set_payloads
+    assert payload.count(A) == 2 and B not in payload and D in payload
+    for ip in PA.allowed_ips:
+        assert ip.address in payload
+
+
+def _uapi_pass(handshake_age: int, caplog: pytest.LogCaptureFixture) -> tuple[int, list[bytes]]:
+    sent: list[bytes] = []
+    reply = get_reply([(A, "192.0.2.2:1", int(NOW) - handshake_age), (B, "192.0.2.3:1", int(NOW))])
+
+    def exch(path: str, req: bytes) -> str:
+        sent.append(req.split(b"\n", 1)[0])
+        return reply if req.startswith(b"get=1") else "errno=0\n\n"
+
+    backend = UapiBackend("wgscrub1", "/nonexistent", exchange_fn=exch)
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="nodeagent"):
+        n = scrub_once(UapiScrubPort(backend, clock=lambda: NOW, exchange_fn=exch), 180.0)
+    return n, sent
+
+
+def test_uapi_pass_reads_the_same_with_and_without_idle_peers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    n_idle, ops_idle = _uapi_pass(500, caplog)
+    logs_idle = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    n_quiet, ops_quiet = _uapi_pass(5, caplog)
+    logs_quiet = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert (n_idle, n_quiet) == (1, 0)
+    assert ops_quiet == [b"get=1"]
+    assert ops_idle == [b"get=1", b"set=1"]
+    assert logs_idle == logs_quiet

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .feed import FeedError
-from .logs import redact, setup_logging
+from .logs import loop_exception_handler, protect_process, redact, setup_logging
 from .privacy import audit_cli
 from .statuscli import DEFAULT_URL, main_status
 from .sync import SyncOutcome
@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok")
         return EX_OK
+    # The daemon and the one-shot sync: whatever the process or a library writes
+    # passes the same privacy rules as the agent's own log lines.
+    protect_process()
     setup_logging(config.log.level, config.log.format)
     if args.command == "sync":
         return _sync_once(config)
@@ -115,8 +118,13 @@ def _run(config: Config) -> int:
     from .agent import Agent
 
     agent = Agent(config, configure_logging=lambda c: setup_logging(c.level, c.format))
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+        await agent.run()
+
     try:
-        asyncio.run(agent.run())
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
     except Exception as e:  # the daemon's last word, then an exit code

@@ -441,10 +441,17 @@ class Agent:
     def _feed_refused(self, kind: str) -> None:
         self.state.feed_errors[kind] += 1
         self.state.feed_rejected = True
+        self._publish_problems()
+
+    def _publish_problems(self) -> None:
         self.board.update(problems=self._problems())
 
     async def _follow_http(self) -> None:
-        async with HttpFeed(self.config.feed, errors=self.state.feed_errors) as feed:
+        async with HttpFeed(
+            self.config.feed,
+            errors=self.state.feed_errors,
+            on_rejected=lambda _: self._publish_problems(),
+        ) as feed:
             self.http_feed = feed
             while True:
                 # next() never raises for feed or network faults: it backs off and retries,

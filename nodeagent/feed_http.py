@@ -134,9 +134,11 @@ class HttpFeed:
         backoff_max: float = BACKOFF_MAX,
         min_interval: float = MIN_INTERVAL,
         errors: Counter[str] | None = None,
+        on_rejected: Callable[[bool], None] | None = None,
     ) -> None:
         """``errors`` is the error counter to add to: a caller that replaces the client
-        (a reload) passes the same one, so its totals never go backwards."""
+        (a reload) passes the same one, so its totals never go backwards.
+        ``on_rejected`` is told whenever ``stats.rejected`` changes."""
         if config.url is None:
             raise ValueError("HttpFeed needs feed.url")
         self.config = config
@@ -152,6 +154,7 @@ class HttpFeed:
         self._backoff_min, self._backoff_max = backoff_min, backoff_max
         self._backoff = backoff_min
         self._min_interval = min_interval
+        self._on_rejected = on_rejected
         self._want_full = False
         # Version of the last rejected document: long-poll on it rather than refetching.
         self._watch: str | None = None
@@ -248,13 +251,13 @@ class HttpFeed:
             # could bring; long-poll on the rejected version instead (see module docstring).
             if self._watch is not None:
                 self._want_full = False
-            self.stats.rejected = True
+            self._rejected(True)
             # FeedError names a position in the document, never a value from it.
             raise FeedFetchError("invalid") from e
         except Exception as e:
             # A validator bug must not stop the follower: the document is refused
             # like an invalid one, and the held state stays in force.
-            self.stats.rejected = True
+            self._rejected(True)
             raise FeedFetchError("invalid") from e
         self._want_full, self._watch = False, None
         return applied
@@ -264,9 +267,15 @@ class HttpFeed:
         self.stats.answers[kind] += 1
         if current:
             self.stats.last_success = self._clock()
-            self.stats.rejected = False
+            self._rejected(False)
         self.stats.consecutive_errors = 0
         self._backoff = self._backoff_min
+
+    def _rejected(self, value: bool) -> None:
+        if value != self.stats.rejected:
+            self.stats.rejected = value
+            if self._on_rejected is not None:
+                self._on_rejected(value)
 
     async def _failed(self, e: FeedFetchError) -> None:
         self.stats.errors[e.kind] += 1

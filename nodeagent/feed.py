@@ -8,6 +8,8 @@ value: a rejected document may hold real keys and addresses.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -23,7 +25,13 @@ _USER_KEYS = frozenset({"username", "password_hash", "expires_at"})
 # Interface names end up in error messages, so only name-shaped ones are accepted.
 _IFNAME = re.compile(r"[A-Za-z0-9_.=+-]{1,15}\Z")
 USERNAME = re.compile(r"[A-Za-z0-9._@+-]{1,128}\Z")
-_SCRYPT = re.compile(r"scrypt\$\d{1,10}\$\d{1,4}\$\d{1,4}\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+\Z")
+_SCRYPT = re.compile(
+    r"scrypt\$(\d{1,10})\$(\d{1,4})\$(\d{1,4})\$([A-Za-z0-9+/=]{1,172})\$([A-Za-z0-9+/=]{1,172})\Z"
+)
+# One login must not cost the node seconds of CPU or gigabytes of memory:
+# scrypt needs 128·N·r bytes, and p multiplies its time.
+SCRYPT_MAX_MEMORY = 64 << 20
+SCRYPT_MAX_P = 4
 
 
 class FeedError(ValueError):
@@ -139,6 +147,28 @@ def _interface(name: str, raw: Any) -> DesiredInterface:
     return DesiredInterface(peers, expires)
 
 
+def scrypt_problem(text: object) -> str | None:
+    """What is wrong with a ``scrypt$N$r$p$<salt>$<hash>`` hash, or None if it is usable."""
+    m = _SCRYPT.match(text) if isinstance(text, str) else None
+    if m is None:
+        return "unknown hash scheme or malformed hash"
+    n, r, p = int(m[1]), int(m[2]), int(m[3])
+    if n < 2 or n & (n - 1):
+        return "scrypt N is not a power of two"
+    if r < 1 or p < 1:
+        return "scrypt r and p must be at least 1"
+    if 128 * n * r > SCRYPT_MAX_MEMORY:
+        return "scrypt parameters need more than 64 MiB"
+    if p > SCRYPT_MAX_P:
+        return f"scrypt p is above {SCRYPT_MAX_P}"
+    for part in (m[4], m[5]):
+        try:
+            base64.b64decode(part, validate=True)
+        except (binascii.Error, ValueError):
+            return "salt or hash is not base64"
+    return None
+
+
 def parse_users(raw: Any) -> dict[str, User]:
     if not isinstance(raw, dict) or not isinstance(raw.get("users"), list):
         raise FeedError("openvpn: must be an object with a users list")
@@ -155,8 +185,9 @@ def parse_users(raw: Any) -> dict[str, User]:
         if name in users:
             raise FeedError(f"{where}.username: duplicate username")
         password_hash = item.get("password_hash")
-        if not isinstance(password_hash, str) or not _SCRYPT.match(password_hash):
-            raise FeedError(f"{where}.password_hash: unknown hash scheme or malformed hash")
+        problem = scrypt_problem(password_hash)
+        if problem is not None or not isinstance(password_hash, str):
+            raise FeedError(f"{where}.password_hash: {problem}")
         expires: datetime | None = None
         if item.get("expires_at") is not None:
             try:

@@ -51,6 +51,7 @@ HEADER_NODE = "X-Nodeagent-Node"
 HEADER_TIMESTAMP = "X-Nodeagent-Timestamp"
 HEADER_SIGNATURE = "X-Nodeagent-Signature"
 REQUEST_TIMEOUT = 10.0
+MAX_ANSWER = 64 << 10
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -196,12 +197,14 @@ class Pusher:
         reason: str
         try:
             async with self._session.post(self.url, data=body, headers=headers) as resp:
-                await resp.read()
+                # The answer's body says nothing the status does not; a collector that
+                # sends an endless one is not read into memory.
+                await resp.content.read(MAX_ANSWER)
                 if 200 <= resp.status < 300:
                     self._succeeded()
                     return True
                 reason = f"status={resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             # The type only: connection errors quote the collector's address.
             reason = f"error={type(e).__name__}"
         self._failed(reason)

@@ -91,6 +91,16 @@ BAD = [
     ("unknown field", doc([{"public_key": K1, "endpoint": "192.0.2.9:51820"}]), "unknown field"),
     ("bad scheme", doc([], [{**GOOD_USER, "password_hash": "md5$abc"}]), "hash scheme"),
     ("dup user", doc([], [GOOD_USER, GOOD_USER]), "duplicate username"),
+    *[
+        (f"scrypt {why}", doc([], [{**GOOD_USER, "password_hash": h}]), why)
+        for h, why in [
+            ("scrypt$1048576$8$1$c2FsdA==$aGFzaA==", "more than 64 MiB"),
+            ("scrypt$16384$8$5$c2FsdA==$aGFzaA==", "p is above 4"),
+            ("scrypt$10000$8$1$c2FsdA==$aGFzaA==", "not a power of two"),
+            ("scrypt$16384$0$1$c2FsdA==$aGFzaA==", "at least 1"),
+            ("scrypt$16384$8$1$c2FsdA=$aGFzaA==", "not base64"),
+        ]
+    ],
     ("user expiry", doc([], [{**GOOD_USER, "expires_at": "2027-13-01T00:00:00Z"}]), "expires_at"),
 ]
 

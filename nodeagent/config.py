@@ -237,7 +237,10 @@ def _socket_path(at: At) -> str:
 
 def _http_url(at: At) -> str:
     url = string(at)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracketed host that is not an IPv6 address, and the like
+        raise Invalid("must be an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
         raise Invalid("must be an http:// or https:// URL")
     if parts.username is not None or parts.password is not None:
@@ -274,7 +277,8 @@ def _host_port(at: At) -> str:
                 raise Invalid(f"{host} is not an IPv4 address") from None
         elif not _HOSTNAME.fullmatch(host):
             raise Invalid(f"{text} is not host:port")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # isascii: str.isdigit() also accepts digits such as "²", which int() refuses.
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise Invalid(f"{text} needs a port 1..65535, as in 127.0.0.1:9586 or [::1]:9586")
     return text
 

@@ -137,8 +137,14 @@ class At:
         try:
             return self.walk.loader.construct_object(self.node, deep=True)
         except yaml.YAMLError as e:
-            # Unknown tags (!env …) and impossible dates land here.
+            # Unknown tags (!env …) land here.
             raise Invalid(f"cannot be read: {getattr(e, 'problem', None) or e}") from None
+        except (ValueError, LookupError, AttributeError, TypeError, OverflowError):
+            # PyYAML's own constructors fail this way on impossible dates (2001-13-01),
+            # integers beyond Python's digit limit and explicit tags on unfit text
+            # (!!int '', !!bool maybe, !!timestamp soon).
+            tag = str(self.node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise Invalid(f"cannot be read as {tag}; quote it to make it text") from None
 
     def field(self, key: str) -> At:
         """The value at ``key`` if this is a mapping that has it, else this node under that path."""
@@ -388,9 +394,13 @@ def number(at: At) -> float:
     value = at.scalar()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong_type(at, "a number")
-    if not math.isfinite(value):
+    try:
+        result = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise Invalid("must be a finite number") from None
+    if not math.isfinite(result):
         raise Invalid("must be a finite number")
-    return float(value)
+    return result
 
 
 def port(at: At) -> int:
@@ -472,6 +482,8 @@ def existing_file(at: At) -> str:
         st = os.stat(path)
     except OSError as e:
         raise Invalid(f"{path}: {e.strerror}") from None
+    except ValueError:  # a NUL, or a character the file system encoding cannot write
+        raise Invalid("is not a usable file name") from None
     if not stat.S_ISREG(st.st_mode):
         raise Invalid(f"{path} is not a regular file")
     if not os.access(path, os.R_OK):
@@ -518,7 +530,13 @@ def read_mapping(path: str | Path, build: Callable[[Map], T], *, max_bytes: int)
     except UnicodeDecodeError:
         raise ConfigError([Problem(file, None, "", "is not UTF-8 text")]) from None
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        # Control characters: the reader refuses the whole text before parsing it.
+        problem = str(e).split("\n", 1)[0]
+        at_line = text.count("\n", 0, e.position) + 1
+        raise ConfigError([Problem(file, at_line, "", f"not valid YAML: {problem}")]) from None
     try:
         walk = _Walk(file, Path(path).absolute().parent, loader)
         try:
@@ -529,6 +547,11 @@ def read_mapping(path: str | Path, build: Callable[[Map], T], *, max_bytes: int)
             raise ConfigError([Problem(file, line, "", f"not valid YAML: {e.problem}")]) from None
         except yaml.YAMLError as e:
             raise ConfigError([Problem(file, None, "", f"not valid YAML: {e}")]) from None
+        except RecursionError:
+            # PyYAML composes nested collections recursively.
+            raise ConfigError(
+                [Problem(file, None, "", "not valid YAML: nested too deeply")]
+            ) from None
         if root is None:
             top = Map(walk, "", 1, {})
         elif isinstance(root, MappingNode):

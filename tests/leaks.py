@@ -10,7 +10,7 @@ served, pushed or wrote to disk is collected, to be searched with
 tunnel address.
 
 Also runnable as ``python -m tests.leaks run -c FILE``: the agent with a
-test-only leak planted (``NODEAGENT_PLANT_LEAK=print|disk|log``), so that a
+test-only leak planted (``NODEAGENT_PLANT_LEAK=fd|print|disk|log``), so that a
 test can show the search catches what a careless change would emit.
 """
 
@@ -393,7 +393,10 @@ def _plant() -> None:
         ).stdout
         for line in shown.splitlines():
             endpoint = line.partition("\t")[2]
-            if mode == "print":
+            if mode == "fd":
+                # Straight to file descriptor 2, as C code would: past Python's streams.
+                os.write(2, f"debug endpoint {endpoint}\n".encode())
+            elif mode == "print":
                 print(f"debug endpoint {endpoint}", file=sys.stderr, flush=True)
             elif mode == "disk":
                 with open("peers.debug", "a") as f:

@@ -111,7 +111,7 @@ def test_nothing_the_agent_emits_names_a_client(site: Site, tmp_path: Path) -> N
 
 def test_a_planted_leak_is_found(site: Site, tmp_path: Path) -> None:
     """A stray debug print of the endpoints: the search must find it on this tier too."""
-    run_ = run_agent(site, tmp_path, PLANTED, {"NODEAGENT_PLANT_LEAK": "print"})
+    run_ = run_agent(site, tmp_path, PLANTED, {"NODEAGENT_PLANT_LEAK": "fd"})
     hits = run_.site.secrets().search(run_.haystacks())
     assert any("endpoint" in h for h in hits), "the planted leak went unnoticed"
     print("\nplanted leak found:", *sorted(set(hits)), sep="\n  ")

@@ -72,17 +72,23 @@ def test_nothing_the_agent_emits_names_a_client(lab: Lab, tmp_path: Path) -> Non
     assert_nothing_leaked(run_agent(build_site(lab), tmp_path, AGENT, {}))
 
 
-@pytest.mark.parametrize("mode", ["print", "disk"])
+@pytest.mark.parametrize("mode", ["fd", "disk"])
 def test_a_planted_leak_is_found(lab: Lab, tmp_path: Path, mode: str) -> None:
-    """A stray debug print / debug file of the endpoints: the search must find it."""
+    """A raw write to stderr / a debug file of the endpoints: the search must find it."""
     run = run_agent(build_site(lab), tmp_path, PLANTED, {"NODEAGENT_PLANT_LEAK": mode})
     hits = run.site.secrets().search(run.haystacks())
     assert any("endpoint" in h for h in hits), "the planted leak went unnoticed"
     print("\nplanted leak found:", *sorted(set(hits)), sep="\n  ")
 
 
-def test_a_planted_log_line_is_masked_by_redaction(lab: Lab, tmp_path: Path) -> None:
-    """The same leak through ``logging`` is caught by the second line of defence."""
-    run = run_agent(build_site(lab), tmp_path, PLANTED, {"NODEAGENT_PLANT_LEAK": "log"})
-    assert b"peer endpoint=[redacted]" in run.log
+@pytest.mark.parametrize(
+    ("mode", "masked"),
+    [("log", b"peer endpoint=[redacted]"), ("print", b"debug endpoint [redacted]")],
+)
+def test_a_planted_log_line_is_masked_by_redaction(
+    lab: Lab, tmp_path: Path, mode: str, masked: bytes
+) -> None:
+    """The same leak through ``logging`` or ``print`` is caught by the second line of defence."""
+    run = run_agent(build_site(lab), tmp_path, PLANTED, {"NODEAGENT_PLANT_LEAK": mode})
+    assert masked in run.log
     assert run.site.secrets().search(run.haystacks()) == []

@@ -1,8 +1,13 @@
-"""Checks a host tree against the no-logs promise. Pure: every check reads below ``root``.
+"""Checks a host tree against the no-logs promise. Every check reads below ``root``.
 
 Each check returns :class:`Finding` values that name the file or setting, say
 what it records, and how to fix it. Findings never quote file contents, so the
 audit's own output cannot carry an address or a name it found.
+
+The one exception to reading files: on the live host (``root`` is ``/``) the
+netfilter check also lists the live ruleset with ``nft`` and ``iptables-save``,
+through an injectable command runner. On any other tree it reads only the
+rulesets saved there, since the commands would describe the auditing host.
 
 Sources for the OpenVPN verbosity threshold: ``src/openvpn/errlevel.h`` puts
 ``D_HANDSHAKE`` ("Peer Connection Initiated with [AF_INET]<address>:<port>") at
@@ -21,6 +26,15 @@ from pathlib import Path
 import yaml
 
 from ..units import parse_duration
+from .netfilter import (
+    Chain,
+    CommandFailed,
+    Runner,
+    iptables_log_chains,
+    nft_json_log_chains,
+    nft_log_chains,
+    run_command,
+)
 
 DEFAULT_CONFIG = "/etc/nodeagent/config.yaml"
 #: The longest a client's IP may linger after it goes quiet before the audit objects.
@@ -253,19 +267,8 @@ def check_conntrack(root: Path) -> list[Finding]:
                 "sysctl -w net.netfilter.nf_conntrack_log_invalid=0",
             )
         )
-    nf_log = proc / "nf_log"
-    for entry in sorted(nf_log.iterdir()) if nf_log.is_dir() else []:
-        if (_read(entry) or "NONE").strip() not in ("NONE", ""):
-            out.append(
-                Finding(
-                    "nf-log",
-                    _host(root, entry),
-                    "a netfilter packet logger is bound: LOG/NFLOG rules write "
-                    "connection addresses to the kernel log",
-                    f"echo NONE > {_host(root, entry)}, and remove LOG/NFLOG rules "
-                    "(nft list ruleset | grep -E 'log|nflog')",
-                )
-            )
+    # A logger bound in nf_log records nothing by itself: check_netfilter_log
+    # looks for the rules that send packets to it.
     for daemon in ("/etc/conntrackd/conntrackd.conf", "/etc/ulogd.conf"):
         if _under(root, daemon).exists():
             out.append(
@@ -277,6 +280,126 @@ def check_conntrack(root: Path) -> list[Finding]:
                 )
             )
     return out
+
+
+# --- netfilter logging rules ----------------------------------------------------
+
+#: Rulesets loaded at boot: nftables.service (Debian, Red Hat), iptables-persistent,
+#: iptables-services. A logging rule there comes back at the next boot.
+_NFT_FILES = ("/etc/nftables.conf", "/etc/sysconfig/nftables.conf")
+_IPTABLES_FILES = (
+    "/etc/iptables/rules.v4",
+    "/etc/iptables/rules.v6",
+    "/etc/sysconfig/iptables",
+    "/etc/sysconfig/ip6tables",
+)
+_NFT_INCLUDE = re.compile(r'^[ \t]*include[ \t]+"([^"\n]+)"[ \t]*;?[ \t]*$', re.MULTILINE)
+_MAX_INCLUDE_DEPTH = 8
+
+
+def check_netfilter_log(root: Path, run: Runner | None = None) -> list[Finding]:
+    """One finding naming every chain with a LOG/NFLOG target or an nftables ``log`` statement.
+
+    ``run`` lists the live ruleset; without it only the rulesets saved under
+    ``root`` are read. A ruleset command that fails (the audit not run as
+    root, a timeout) is its own finding: the rules it would show are unknown.
+    """
+    found: dict[str, set[Chain]] = {}
+    failed: list[str] = []
+    if run is not None:
+        _live_rulesets(run, found, failed)
+    for path in _NFT_FILES:
+        text = _read(_under(root, path))
+        if text is not None:
+            found[path] = nft_log_chains(_nft_includes(root, text))
+    for path in _IPTABLES_FILES:
+        text = _read(_under(root, path))
+        if text is not None:
+            found[path] = iptables_log_chains(text)
+    out: list[Finding] = []
+    where = "; ".join(
+        f"{source} ({', '.join(sorted(str(c) for c in chains))})"
+        for source, chains in found.items()
+        if chains
+    )
+    if where:
+        out.append(
+            Finding(
+                "netfilter-log",
+                where,
+                "packet-logging rules (LOG/NFLOG targets, nftables log statements) write "
+                "the addresses and ports of matching packets to the kernel log or a logger",
+                "delete those rules from the live ruleset (nft -a list ruleset, then nft "
+                "delete rule FAMILY TABLE CHAIN handle N; iptables -D CHAIN RULENUM) and "
+                "from the rulesets loaded at boot (/etc/nftables.conf, "
+                "/etc/iptables/rules.v4, /etc/iptables/rules.v6)",
+            )
+        )
+    if failed:
+        out.append(
+            Finding(
+                "netfilter-unreadable",
+                ", ".join(failed),
+                "the live ruleset could not be listed, so packet-logging rules cannot be ruled out",
+                "run nodeagent audit as root (listing the ruleset needs CAP_NET_ADMIN)",
+            )
+        )
+    return out
+
+
+def _live_rulesets(run: Runner, found: dict[str, set[Chain]], failed: list[str]) -> None:
+    """Fill ``found`` with the logging chains of each live ruleset, ``failed`` with what failed."""
+    nft = "nft list ruleset"
+    try:
+        text = run(["nft", "-j", "list", "ruleset"])
+        if text is not None:
+            found[nft] = nft_json_log_chains(text)
+    except (CommandFailed, ValueError):
+        # An nft built without JSON support: its own syntax says the same.
+        try:
+            text = run(["nft", "list", "ruleset"])
+            if text is not None:
+                found[nft] = nft_log_chains(text)
+        except CommandFailed:
+            failed.append(nft)
+    for family in ("iptables", "ip6tables"):
+        # Both back ends can hold tables at once; the plain name is an
+        # alternative for one of them, only run where neither variant exists.
+        ran = False
+        for command in (f"{family}-legacy-save", f"{family}-nft-save", f"{family}-save"):
+            if ran and command == f"{family}-save":
+                break
+            try:
+                text = run([command])
+            except CommandFailed:
+                failed.append(command)
+                ran = True
+                continue
+            if text is not None:
+                found[command] = iptables_log_chains(text)
+                ran = True
+
+
+def _nft_includes(root: Path, text: str, depth: int = 0) -> str:
+    """``text`` with its ``include`` lines replaced by the files they name under ``root``.
+
+    A relative name is searched in /etc, nft's default include directory.
+    Deeper than a few levels (an include loop) the lines are dropped.
+    """
+
+    def expand(m: re.Match[str]) -> str:
+        if depth >= _MAX_INCLUDE_DEPTH:
+            return ""
+        name = m.group(1)
+        pattern = (name if name.startswith("/") else "/etc/" + name).lstrip("/")
+        try:
+            files = sorted(root.glob(pattern))
+        except (OSError, ValueError):
+            return ""
+        texts = (_read(f) for f in files if f.is_file())
+        return "\n".join(_nft_includes(root, t, depth + 1) for t in texts if t is not None)
+
+    return _NFT_INCLUDE.sub(expand, text)
 
 
 # --- the agent itself -----------------------------------------------------------
@@ -373,12 +496,21 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def audit(root: Path | str = "/", config: str = DEFAULT_CONFIG) -> list[Finding]:
-    """Every finding on the host tree at ``root``, the agent's configuration last."""
+def audit(
+    root: Path | str = "/", config: str = DEFAULT_CONFIG, run: Runner | None = None
+) -> list[Finding]:
+    """Every finding on the host tree at ``root``, the agent's configuration last.
+
+    ``run`` lists live rulesets; by default commands run only when ``root`` is
+    this host's own root.
+    """
     base = Path(root)
+    if run is None and base.resolve() == Path("/"):
+        run = run_command
     out: list[Finding] = []
     for check in CHECKS:
         out += check(base)
+    out += check_netfilter_log(base, run)
     out += check_agent_config(base, config)
     return out
 

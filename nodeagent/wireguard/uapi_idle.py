@@ -49,7 +49,9 @@ def parse_activity(lines: Iterable[str], now: float) -> Iterator[PeerActivity]:
         elif name == "endpoint":
             endpoint = bool(value)
         elif name in ("last_handshake_time_sec", "last_handshake_time_nsec"):
-            if not value.isdigit():
+            # A u64 has at most 20 digits (a longer number overflows a float below);
+            # isascii: isdigit() also takes "²", which int() refuses.
+            if not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise uapi_text.UapiProtocolError("reply has a malformed handshake time")
             if name == "last_handshake_time_sec":
                 sec = int(value)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..model import ZERO_KEY, AllowedIP, Device, Peer, Plan
+from ..model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer, Plan
 
 GET_REQUEST = b"get=1\n\n"
 _ZERO_HEX = ZERO_KEY.hex()
@@ -38,6 +38,9 @@ def split_reply(text: str) -> tuple[list[str], int]:
         errno = int(value)
     except ValueError:
         raise UapiProtocolError("reply has a malformed errno line") from None
+    if not -(2**31) <= errno < 2**31:
+        # An errno is a C int; a longer number is no errno, and could be anything.
+        raise UapiProtocolError("reply has a malformed errno line")
     return lines, errno
 
 
@@ -45,9 +48,12 @@ def _key(value: str) -> bytes:
     if len(value) != 64:
         raise UapiProtocolError("reply has a key of the wrong length")
     try:
-        return bytes.fromhex(value)
+        raw = bytes.fromhex(value)
     except ValueError:
         raise UapiProtocolError("reply has a key that is not hex") from None
+    if len(raw) != KEY_LEN:  # fromhex() skips spaces: 64 characters may be fewer bytes
+        raise UapiProtocolError("reply has a key of the wrong length")
+    return raw
 
 
 def parse_device(lines: Iterable[str]) -> Device:
@@ -84,7 +90,8 @@ def parse_device(lines: Iterable[str]) -> Device:
             if private_key == ZERO_KEY:
                 private_key = None
         elif name == "listen_port" and current is None:
-            if not value.isdigit() or int(value) > 65535:
+            # isascii: isdigit() also takes "²", which int() refuses.
+            if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 65535:
                 raise UapiProtocolError("reply has a malformed listen_port")
             listen_port = int(value)
         # Anything else (endpoint, handshake times, byte counts, keepalive,

@@ -46,14 +46,14 @@ _FUZZ = settings(**_COMMON)
 def target(ci_examples: int, *, round_examples: int | None = None) -> Callable[[F], F]:
     """Put above ``@given``: ``ci_examples`` in the CI pass, rounds until FUZZ_SECONDS otherwise.
 
-    ``round_examples`` (default ten times ``ci_examples``) is how many examples
+    ``round_examples`` (default 1000, at least ``ci_examples``) is how many examples
     one round of the fuzzing run tries; a slow target wants smaller rounds.
     """
 
     def wrap(test: F) -> F:
         if FUZZ_SECONDS <= 0:
             return settings(_CI, max_examples=ci_examples)(test)  # type: ignore[no-any-return]
-        one_round = settings(_FUZZ, max_examples=round_examples or 10 * ci_examples)(test)
+        one_round = settings(_FUZZ, max_examples=round_examples or max(1000, ci_examples))(test)
 
         @functools.wraps(one_round)
         def rounds(*args: Any, **kwargs: Any) -> None:

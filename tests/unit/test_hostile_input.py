@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config import ConfigError, load_config
+from nodeagent.wireguard import uapi_idle, uapi_text
+from nodeagent.wireguard.backend import BackendError
+from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi_idle import UapiScrubPort
 
 # --- the YAML configuration ---------------------------------------------------------
 
@@ -49,3 +53,52 @@ def test_config_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert message in str(e.value)
+
+
+# --- UAPI replies ---------------------------------------------------------------------
+
+_PEER = "public_key=" + "11" * 32 + "\nendpoint=192.0.2.1:51820\n"
+
+
+_GET_CASES = [
+    # ValueError from int("²"), which str.isdigit() accepts
+    "listen_port=\u00b2\nerrno=0\n\n",
+    # ValueError: beyond int()'s 4300 digits
+    "listen_port=" + "9" * 5000 + "\nerrno=0\n\n",
+    # was a 31-byte key: bytes.fromhex() skips spaces
+    "public_key=" + "00" * 31 + "  \nerrno=0\n\n",
+    # was an "errno" of 64 digits, quoted in the backend's error message
+    "errno=" + "1" * 64 + "\n\n",
+]
+_IDLE_CASES = [
+    # ValueError from int("²")
+    _PEER + "last_handshake_time_sec=\u00b2\nerrno=0\n\n",
+    _PEER + "last_handshake_time_nsec=\u00b2\nerrno=0\n\n",
+    # ValueError: beyond int()'s 4300 digits
+    _PEER + "last_handshake_time_sec=" + "9" * 5000 + "\nerrno=0\n\n",
+    # OverflowError: a handshake time beyond any float
+    _PEER + "last_handshake_time_sec=" + "9" * 400 + "\nerrno=0\n\n",
+]
+
+
+def _backend(text: str) -> UapiBackend:
+    return UapiBackend("wgx", "/nonexistent", exchange_fn=lambda path, req: text)
+
+
+@pytest.mark.parametrize("text", _GET_CASES, ids=lambda v: v[:30])
+def test_uapi_get_reply_refused(text: str) -> None:
+    with pytest.raises(uapi_text.UapiProtocolError):
+        uapi_text.parse_get_reply(text)
+    with pytest.raises(BackendError) as e:
+        _backend(text).read()
+    assert "1111111111111111" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", _GET_CASES + _IDLE_CASES, ids=lambda v: v[:30])
+def test_uapi_idle_reply_refused(text: str) -> None:
+    with pytest.raises(uapi_text.UapiProtocolError):
+        uapi_idle.idle_from_reply(text, 180.0, 1e9)
+    port = UapiScrubPort(_backend(text), exchange_fn=lambda path, req: text)
+    with pytest.raises(BackendError) as e:
+        port.idle_peers(180.0)
+    assert "1111111111111111" not in str(e.value)

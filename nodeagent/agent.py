@@ -17,7 +17,6 @@ import contextlib
 import errno
 import logging
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -48,6 +47,7 @@ from .secretfile import read_private_key
 from .status import StatusBoard
 from .sync import SyncOutcome, sync_interface
 from .wireguard import Backend, BackendError, open_backend
+from .wireguard.turns import BackendTurns, close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ FEED_POLL_SECONDS = 1.0
 FEED_RETRY_SECONDS = 5.0
 FEED_STALE_FACTOR, FEED_STALE_SLACK = 3, 15.0
 SHUTDOWN_TIMEOUT = 10.0
+# On the way out a pass in a worker thread may finish for BACKEND_GRACE seconds
+# from the stop; then its backend calls are cut, and the thread has
+# BACKEND_CUT_WAIT more to end. Well inside systemd's 20 s (TimeoutStopSec).
+BACKEND_GRACE, BACKEND_CUT_WAIT, STOP_POLL_SECONDS = 5.0, 2.0, 0.05
 SYNC_ONCE_TIMEOUT = 120.0
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
 
@@ -200,7 +204,7 @@ class Agent:
         self._reload = False
         self._setup_done: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._wg_lock = threading.Lock()
+        self._wg_lock = BackendTurns()
         # Peers each interface held after the last pass. Feed changes are planned
         # against it; every resync_interval (and after any failure) it is dropped
         # and the interfaces are read back, which repairs drift.
@@ -260,6 +264,10 @@ class Agent:
         finally:
             self._notifier.stopping()
             log.info("agent stopping")
+            # No pass begins from here on (nothing touches the peers on the way out);
+            # one already running has its grace from now, whatever else the stop waits for.
+            self._wg_lock.stop()
+            grace_until = loop.time() + BACKEND_GRACE
             tasks = list(self._tasks.values())
             for t in tasks:
                 t.cancel()
@@ -269,10 +277,7 @@ class Agent:
                 await self.http.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            # A pass already in a worker thread cannot be cancelled: let it finish its
-            # messages (each one is applied whole by the kernel) before closing sockets.
-            await asyncio.to_thread(self._wg_lock.acquire, True, SHUTDOWN_TIMEOUT)
-            self._close_backends()
+            await self._stop_backends(grace_until)
             log.info("agent stopped")
 
     def _start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -305,10 +310,35 @@ class Agent:
                 self._backends[cfg.name] = self._factory(cfg)
 
     def _close_backends(self) -> None:
-        for backend in self._backends.values():
-            with contextlib.suppress(Exception):
-                backend.close()
+        """Close every backend, those a reload retired included (safe under a call in flight)."""
+        for backend in [*self._backends.values(), *self._wg_lock.take_retired()]:
+            close_quietly(backend)
         self._backends.clear()
+
+    async def _stop_backends(self, grace_until: float) -> None:
+        """Close the backends once no pass uses them; past ``grace_until``, under that pass.
+
+        A pass already in a worker thread cannot be cancelled: it may finish its
+        messages until ``grace_until`` (the kernel applies each batch whole).
+        Then its backends are closed under it: close() wakes a call blocked on
+        its socket, so the thread ends, and asyncio.run's executor shutdown,
+        which waits for it, does not keep the process past systemd's stop timeout.
+        """
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None
+        while self._wg_lock.busy:
+            now = loop.time()
+            if give_up is None and now >= grace_until:
+                log.warning("agent_stopping backend_call_cut grace_s=%.0f", BACKEND_GRACE)
+                for backend in [*self._backends.values(), *self._wg_lock.take_retired()]:
+                    close_quietly(backend)
+                give_up = now + BACKEND_CUT_WAIT
+            elif give_up is not None and now >= give_up:
+                # Only a call stuck inside a system call that nothing can wake gets here.
+                log.error("agent_stopping backend_call_stuck")
+                break
+            await asyncio.sleep(STOP_POLL_SECONDS)
+        self._close_backends()
 
     # -- services: started by run(), replaced by a reload that changes their settings --
 
@@ -405,16 +435,19 @@ class Agent:
         while True:
             # Re-read every pass, so that a reload takes effect without a restart.
             await asyncio.sleep(self.config.privacy.scrub_interval)
-            for name, backend in list(self._backends.items()):
+            for name in list(self._backends):
                 try:
-                    await asyncio.to_thread(self._scrub_one, backend)
+                    await asyncio.to_thread(self._scrub_one, name)
                 except Exception as e:  # a failed pass is retried at the next interval
                     log.warning("scrub_failed interface=%s error=%s", name, type(e).__name__)
 
-    def _scrub_one(self, backend: Backend) -> None:
+    def _scrub_one(self, name: str) -> None:
         # One conversation with a backend at a time: its socket is not shared across threads.
         with self._wg_lock:
-            scrub_once(scrub_port(backend), self.config.privacy.scrub_idle_after)
+            # Looked up in this turn: a reload since the pass began may have retired it.
+            backend = self._backends.get(name)
+            if backend is not None:
+                scrub_once(scrub_port(backend), self.config.privacy.scrub_idle_after)
 
     async def _feed_follower(self) -> None:
         """Follow the configured feed: the central service over HTTP, or a file.
@@ -711,7 +744,9 @@ class Agent:
             if new_ifaces.get(name) != cfg:
                 backend = self._backends.pop(name, None)
                 if backend is not None:
-                    backend.close()
+                    # A scrub pass in a worker thread may be using it: then it is
+                    # closed as that pass ends, never under it.
+                    self._wg_lock.retire(backend)
                 self._setup_done.discard(name)
         feed_changed = new.feed != self.config.feed
         self._known.clear()

@@ -45,4 +45,10 @@ class Backend(Protocol):
         """Create the interface if needed and set key, port and addresses where they differ."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the backend's sockets; callable from any thread, also under a call in flight.
+
+        A call in flight then stops waiting and raises ``BackendError`` (what it
+        already sent stands); the real backends refuse every call after this.
+        """
+        ...

@@ -8,6 +8,14 @@ because pyroute2's per-peer encoder is an order of magnitude slower than
 
 We open our own socket rather than borrow the fd of pyroute2's: pyroute2 keeps
 an asyncio transport reading that fd, which would race us for the replies.
+
+:meth:`KernelBackend.close` may be called from any thread, also under a call in
+flight (the agent stopping while a pass waits for the kernel): a netlink socket
+cannot be ``shutdown()`` (EOPNOTSUPP) and closing its fd does not wake a thread
+blocked on it, so every wait for a reply polls an eventfd beside the socket,
+which ``close()`` signals. The call then raises ``BackendError("...: closed")``
+and sends nothing more; a batch already sent stands, as the kernel applies
+each one whole inside the send.
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import queue
+import select
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -45,6 +55,9 @@ class DumpDecoder(Protocol):
 
 
 _D = TypeVar("_D", bound=DumpDecoder)
+
+#: Opens the socket of the conversation and names the wireguard family id.
+Connect: TypeAlias = Callable[[], tuple[socket.socket, int]]
 
 SOL_NETLINK = 270
 NETLINK_GENERIC = 16
@@ -100,7 +113,11 @@ class KernelBackend:
 
     ``max_message`` bounds each SET_DEVICE message (the peers nest of one
     message must stay under 64 KiB); ``batch_bytes`` bounds how many such
-    messages go to the kernel in one send call.
+    messages go to the kernel in one send call. ``connect`` replaces opening
+    the generic netlink socket (tests hand in one end of a socketpair).
+
+    Calls come from one thread at a time; :meth:`close` from any thread at any
+    time. After ``close()`` every call raises ``BackendError``.
     """
 
     def __init__(
@@ -109,12 +126,19 @@ class KernelBackend:
         *,
         max_message: int = nlwire.DEFAULT_MESSAGE,
         batch_bytes: int = 256 * 1024,
+        connect: Connect | None = None,
     ) -> None:
         self._interface = interface
         self._max_message = max_message
         self._batch_bytes = max(batch_bytes, max_message)
+        self._connect: Connect = connect or self._open_netlink
         self._sock: socket.socket | None = None
+        self._poll: select.poll | None = None  # the socket and the wake-up eventfd
         self._family = 0
+        self._state = threading.Lock()  # guards the three fields below, held only briefly
+        self._calls = 0  # calls in flight (nested ones count too)
+        self._closed = False
+        self._wake: int | None = None  # eventfd that close() signals under a call in flight
         self._seq = int(time.time()) & 0xFFFFFF
         self._buf = bytearray(_RECV_SIZE)
         self.messages_sent = 0  # SET_DEVICE messages so far (tests check no-op calls)
@@ -130,9 +154,41 @@ class KernelBackend:
 
     # --- socket -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _call(self, op: str) -> Iterator[None]:
+        """The span of one call; the last call in flight after close() releases the socket."""
+        with self._state:
+            if self._closed:
+                raise BackendError(f"{self._interface}: {op}: closed")
+            if self._wake is None:
+                self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._calls -= 1
+                release = self._closed and self._calls == 0
+            if release:
+                self._release()
+
+    def _check_open(self, op: str) -> None:
+        # Before each send: after close() nothing more goes to the kernel.
+        if self._closed:
+            raise BackendError(f"{self._interface}: {op}: closed")
+
     def _socket(self) -> socket.socket:
         if self._sock is not None:
             return self._sock
+        s, family = self._connect()
+        assert self._wake is not None  # opened by _call, which every caller is inside
+        poll = select.poll()
+        poll.register(s, select.POLLIN)
+        poll.register(self._wake, select.POLLIN)
+        self._sock, self._poll, self._family = s, poll, family
+        return s
+
+    def _open_netlink(self) -> tuple[socket.socket, int]:
         family = resolve_family()
         try:
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
@@ -156,8 +212,7 @@ class KernelBackend:
         except OSError as e:
             s.close()
             raise BackendError(f"{self._interface}: netlink setup failed ({e.strerror})") from None
-        self._sock, self._family = s, family
-        return s
+        return s, family
 
     def _next_seq(self, n: int = 1) -> int:
         seq = self._seq
@@ -165,6 +220,15 @@ class KernelBackend:
         return seq
 
     def _recv(self, s: socket.socket, op: str) -> bytes:
+        # Every socket _socket() opens has its poll; only a scripted stand-in
+        # that answers at once (unit tests) is read without one.
+        if self._poll is not None:
+            ready = self._poll.poll(_TIMEOUT * 1000)
+            if any(fd == self._wake for fd, _ in ready):
+                # close() from another thread: stop waiting. Whatever was sent stands.
+                raise BackendError(f"{self._interface}: {op}: closed")
+            if not ready:
+                raise BackendError(f"{self._interface}: {op} failed (timed out)")
         try:
             n = s.recv_into(self._buf, len(self._buf))
         except OSError as e:
@@ -179,7 +243,14 @@ class KernelBackend:
     def _reset(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock = self._poll = None
+
+    def _release(self) -> None:
+        """Close the socket and the eventfd: no call is in flight, and none will be."""
+        self._reset()
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            os.close(wake)
 
     def _fail(self, op: str, code: int) -> BackendError:
         if code == errno.ENODEV:
@@ -202,17 +273,19 @@ class KernelBackend:
 
     def dump(self, new_decoder: Callable[[], _D], op: str) -> _D:
         """One complete GET_DEVICE dump fed to a fresh decoder, retried if interrupted."""
-        for _attempt in range(_DUMP_ATTEMPTS):
-            dec = new_decoder()
-            with _gc_paused():
-                if self._dump_once(dec, op):
-                    return dec
+        with self._call(op):
+            for _attempt in range(_DUMP_ATTEMPTS):
+                dec = new_decoder()
+                with _gc_paused():
+                    if self._dump_once(dec, op):
+                        return dec
         raise BackendError(f"{self._interface}: {op} kept being interrupted")
 
     def _dump_once(self, dec: DumpDecoder, op: str) -> bool:
         """One GET_DEVICE dump into ``dec``; False when the kernel says it was interrupted."""
         s = self._socket()
         seq = self._next_seq()
+        self._check_open(op)
         try:
             s.send(nlwire.encode_get_device(self._family, self._interface, seq=seq))
         except OSError as e:
@@ -243,13 +316,15 @@ class KernelBackend:
 
     def send_messages(self, msgs: Iterable[bytes], op: str) -> int:
         """Send SET_DEVICE messages (any sequence numbers) and check every ack; the count."""
-        return self._send_acked(self._socket(), msgs, op)
+        with self._call(op):
+            return self._send_acked(self._socket(), msgs, op)
 
     @property
     def family(self) -> int:
         """The generic netlink family id of ``wireguard`` (resolved with the socket)."""
-        self._socket()
-        return self._family
+        with self._call("resolve"):
+            self._socket()
+            return self._family
 
     # --- apply --------------------------------------------------------------
 
@@ -263,16 +338,17 @@ class KernelBackend:
         if plan.empty:
             return
         t0 = time.monotonic()
-        s = self._socket()
-        messages = nlwire.iter_set_peers(
-            self._family,
-            self._interface,
-            nlwire.iter_plan_ops(plan),
-            seq=0,
-            max_message=self._max_message,
-        )
-        with _Prefetch(messages) as prefetched:
-            sent = self._send_acked(s, prefetched, "apply")
+        with self._call("apply"):
+            s = self._socket()
+            messages = nlwire.iter_set_peers(
+                self._family,
+                self._interface,
+                nlwire.iter_plan_ops(plan),
+                seq=0,
+                max_message=self._max_message,
+            )
+            with _Prefetch(messages) as prefetched:
+                sent = self._send_acked(s, prefetched, "apply")
         log.debug(
             "wg_apply interface=%s added=%d updated=%d removed=%d messages=%d ms=%d",
             self._interface,
@@ -304,6 +380,7 @@ class KernelBackend:
                 pending.add(seq)
                 size += len(nxt)
                 nxt = next(it, None)
+            self._check_open(op)
             self.messages_sent += len(batch)
             count += len(batch)
             try:
@@ -332,6 +409,10 @@ class KernelBackend:
 
     def setup(self, setup: InterfaceSetup) -> None:
         """Create the link if missing; set key and port where they differ; add addresses; up."""
+        with self._call("setup"):
+            self._setup(setup)
+
+    def _setup(self, setup: InterfaceSetup) -> None:
         self._ensure_link()
         dev = self.read()
         # The kernel reports the clamped form of the key it stores.
@@ -365,7 +446,16 @@ class KernelBackend:
         log.info("wg_link_created interface=%s", self._interface)
 
     def close(self) -> None:
-        self._reset()
+        """Close for good, from any thread; a call in flight stops waiting and raises at once."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            if self._calls:
+                if self._wake is not None:
+                    os.eventfd_write(self._wake, 1)
+                return  # the call in flight releases the socket as it ends
+        self._release()
 
     def __enter__(self) -> KernelBackend:
         return self

@@ -4,6 +4,10 @@ One short-lived AF_UNIX connection per operation, as ``wg`` does: the daemon
 drops a connection after a failed transaction, and a fresh one per call leaves
 no state to go stale between reconciles. A whole plan is one ``set=1``
 transaction, so the daemon applies it under one lock.
+
+:meth:`UapiBackend.close` may be called from any thread: it ``shutdown()``s the
+connections in flight, so a call waiting on a wedged daemon returns at once
+(``BackendError("...: closed")``) instead of after its timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import errno as errno_mod
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -50,28 +55,37 @@ def exchange(socket_path: str, request: bytes, timeout: float = 60.0) -> str:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(socket_path)
-        # The daemon stops reading at the first bad line, answers, and hangs
-        # up; its errno may still be waiting to be read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(request)
-        chunks: list[bytes] = []
-        tail = b""
-        while True:
-            try:
-                chunk = sock.recv(_CHUNK)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                raise ConnectionError("UAPI daemon closed the connection before replying")
-            chunks.append(chunk)
-            if b"\n\n" in tail + chunk[:1] or b"\n\n" in chunk:
-                break
-            tail = chunk[-1:]
+        return _converse(sock, request)
+
+
+def _converse(sock: socket.socket, request: bytes) -> str:
+    """:func:`exchange` on a connected socket."""
+    # The daemon stops reading at the first bad line, answers, and hangs
+    # up; its errno may still be waiting to be read.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(request)
+    chunks: list[bytes] = []
+    tail = b""
+    while True:
+        try:
+            chunk = sock.recv(_CHUNK)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            raise ConnectionError("UAPI daemon closed the connection before replying")
+        chunks.append(chunk)
+        if b"\n\n" in tail + chunk[:1] or b"\n\n" in chunk:
+            break
+        tail = chunk[-1:]
     return b"".join(chunks).decode("ascii", errors="replace")
 
 
 class UapiBackend:
-    """A WireGuard interface run by a userspace daemon, reached through its UAPI socket."""
+    """A WireGuard interface run by a userspace daemon, reached through its UAPI socket.
+
+    Calls come from one thread at a time; :meth:`close` from any thread at any
+    time. After ``close()`` every call raises ``BackendError``.
+    """
 
     def __init__(
         self,
@@ -89,9 +103,11 @@ class UapiBackend:
         self._interface = interface
         self.socket_path = socket_path or default_socket_path(interface)
         self._netns = netns
-        self._exchange: Exchange = exchange_fn or (
-            lambda path, req: exchange(path, req, timeout=timeout)
-        )
+        self._timeout = timeout
+        self._exchange: Exchange = exchange_fn or self._tracked_exchange
+        self._state = threading.Lock()  # guards the two fields below, held only briefly
+        self._closed = False
+        self._in_flight: set[socket.socket] = set()
 
     @property
     def interface(self) -> str:
@@ -102,20 +118,56 @@ class UapiBackend:
         """wireguard-go's MaxPeers: it refuses the transaction that would pass it."""
         return MAX_PEERS
 
+    def exchange(self, socket_path: str, request: bytes) -> str:
+        """One request and its reply over this backend's connections (an ``Exchange``).
+
+        The scrub port talks to the daemon through this, so that :meth:`close`
+        reaches its connections too. Raises OSError as :func:`exchange` does,
+        and ``BackendError`` once closed.
+        """
+        self._check_open("request")
+        try:
+            return self._exchange(socket_path, request)
+        except OSError:
+            self._check_open("request")
+            raise
+
+    def _tracked_exchange(self, socket_path: str, request: bytes) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self._timeout)
+            with self._state:
+                self._check_open("connect")
+                self._in_flight.add(sock)
+            try:
+                sock.connect(socket_path)
+                # A close() that came while connecting had nothing to cut yet.
+                self._check_open("connect")
+                return _converse(sock, request)
+            finally:
+                with self._state:
+                    self._in_flight.discard(sock)
+
+    def _check_open(self, op: str) -> None:
+        if self._closed:
+            raise BackendError(f"{self._interface}: {op}: closed") from None
+
     def _request(self, request: bytes, op: str) -> str:
+        self._check_open(op)
         try:
             return self._exchange(self.socket_path, request)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise InterfaceMissing(
-                f"{self._interface}: no userspace WireGuard daemon on its UAPI socket"
-            ) from None
-        except TimeoutError:
-            raise BackendError(f"{self._interface}: {op} timed out on the UAPI socket") from None
         except OSError as e:
-            reason = _errno_name(e.errno) if e.errno else "connection closed"
-            raise BackendError(
-                f"{self._interface}: {op} failed on the UAPI socket ({reason})"
-            ) from None
+            self._check_open(op)  # cut by close(): say so, not "connection closed"
+            raise self._failure(op, e) from None
+
+    def _failure(self, op: str, e: OSError) -> BackendError:
+        if isinstance(e, FileNotFoundError | ConnectionRefusedError):
+            return InterfaceMissing(
+                f"{self._interface}: no userspace WireGuard daemon on its UAPI socket"
+            )
+        if isinstance(e, TimeoutError):
+            return BackendError(f"{self._interface}: {op} timed out on the UAPI socket")
+        reason = _errno_name(e.errno) if e.errno else "connection closed"
+        return BackendError(f"{self._interface}: {op} failed on the UAPI socket ({reason})")
 
     def read(self) -> Device:
         """The device's private key, port and peers, as the daemon reports them."""
@@ -170,4 +222,15 @@ class UapiBackend:
         ensure_addresses_up(self._interface, setup.addresses, netns=self._netns)
 
     def close(self) -> None:
-        """Nothing to release: every operation opens and closes its own connection."""
+        """Close for good, from any thread: a call in flight is cut and raises at once.
+
+        Every operation opens and closes its own connection; this ends those in
+        flight (a wedged daemon would otherwise hold the call for its timeout).
+        """
+        with self._state:
+            self._closed = True
+            # Under the lock: a socket in the set is still open (its call
+            # leaves the set before closing it), so no fd is reused under us.
+            for sock in self._in_flight:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -16,7 +16,7 @@ from ..model import KEY_LEN, Peer, Plan
 from ..privacy.scrub import PeerActivity, handshake_age, select_idle
 from . import uapi_text
 from .backend import BackendError
-from .uapi import UapiBackend, exchange
+from .uapi import UapiBackend
 
 Clock = Callable[[], float]
 
@@ -100,7 +100,7 @@ class UapiScrubPort:
     ) -> None:
         self._backend = backend
         self._clock = clock
-        self._exchange = exchange_fn or exchange
+        self._exchange = exchange_fn or backend.exchange  # close() reaches it
 
     @property
     def interface(self) -> str:

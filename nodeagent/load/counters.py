@@ -75,7 +75,12 @@ def parse_links(messages: Iterable[LinkMessage], names: Collection[str]) -> dict
         index = int(msg["index"])
         if index <= 0:
             continue
-        found[name] = LinkCounters(index, int(stats["rx_bytes"]), int(stats["tx_bytes"]))
+        try:
+            rx, tx = int(stats["rx_bytes"]), int(stats["tx_bytes"])
+        except (TypeError, KeyError, ValueError):
+            # An attribute too short for the struct: pyroute2 hands over its raw bytes.
+            continue
+        found[name] = LinkCounters(index, rx, tx)
     return found
 
 
@@ -95,8 +100,15 @@ def decode_dump(data: bytes) -> list[LinkMessage]:
         if length < 16 or offset + length > len(data):
             raise ValueError("truncated netlink message")
         if kind == RTM_NEWLINK:
+            if length < 32:  # the netlink header and struct ifinfomsg
+                raise ValueError("truncated link message")
             msg = ifinfmsg(data[offset : offset + length])
-            msg.decode()
+            try:
+                msg.decode()
+            except Exception:
+                # pyroute2's decoder fails on hostile bytes in ways of its own (struct.error,
+                # KeyError, NetlinkNLADecodeError...): each means a malformed message.
+                raise ValueError("malformed link message") from None
             messages.append(msg)
         # Netlink messages are 4-byte aligned.
         offset += (length + 3) & ~3

@@ -572,8 +572,12 @@ def _allowed_ip_generic(buf: bytes, pos: int, end: int, out: list[AllowedIP]) ->
         if atype == WGALLOWEDIP_A_IPADDR:
             addr = buf[q + 4 : q + alen]
         elif atype == WGALLOWEDIP_A_CIDR_MASK:
+            if alen < 5:  # the byte after a shorter one belongs to something else
+                raise DecodeError("bad allowed IP attribute length")
             cidr = buf[q + 4]
         elif atype == WGALLOWEDIP_A_FAMILY:
+            if alen < 6:
+                raise DecodeError("bad allowed IP attribute length")
             family = _U16.unpack_from(buf, q + 4)[0]
         q += (alen + 3) & ~3
     if not (

@@ -6,12 +6,14 @@ exception that escaped before.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 
 from nodeagent.config import ConfigError, load_config
-from nodeagent.wireguard import uapi_idle, uapi_text
+from nodeagent.load.counters import decode_dump, parse_links
+from nodeagent.wireguard import nlwire, uapi_idle, uapi_text
 from nodeagent.wireguard.backend import BackendError
 from nodeagent.wireguard.uapi import UapiBackend
 from nodeagent.wireguard.uapi_idle import UapiScrubPort
@@ -102,3 +104,71 @@ def test_uapi_idle_reply_refused(text: str) -> None:
     with pytest.raises(BackendError) as e:
         port.idle_peers(180.0)
     assert "1111111111111111" not in str(e.value)
+
+
+# --- netlink dumps --------------------------------------------------------------------
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, atype) + payload + bytes(-n % 4)
+
+
+def _device_message(ip_element_attrs: bytes) -> bytes:
+    """A GET_DEVICE reply whose only peer's only allowed IP ends the buffer."""
+    element = _nla(nlwire.NLA_F_NESTED, ip_element_attrs)
+    peer = _nla(
+        nlwire.NLA_F_NESTED,
+        _nla(nlwire.WGPEER_A_PUBLIC_KEY, bytes(range(32)))
+        + _nla(nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS, element),
+    )
+    payload = nlwire.GENL_HDR.pack(0, 1, 0) + _nla(
+        nlwire.NLA_F_NESTED | nlwire.WGDEVICE_A_PEERS, peer
+    )
+    return nlwire.NLMSG_HDR.pack(16 + len(payload), 30, nlwire.NLM_F_MULTI, 7, 0) + payload
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        # IndexError: a CIDR_MASK attribute without its byte
+        _nla(nlwire.WGALLOWEDIP_A_CIDR_MASK, b""),
+        # struct.error: a FAMILY attribute without its two bytes (with one, read from padding)
+        _nla(nlwire.WGALLOWEDIP_A_FAMILY, b""),
+        _nla(nlwire.WGALLOWEDIP_A_FAMILY, b"\x02"),
+        # read the next attribute's length as the prefix length
+        _nla(nlwire.WGALLOWEDIP_A_FAMILY, struct.pack("=H", 2))
+        + _nla(nlwire.WGALLOWEDIP_A_CIDR_MASK, b"")
+        + _nla(nlwire.WGALLOWEDIP_A_IPADDR, bytes(4)),
+    ],
+    ids=["cidr-empty", "family-empty", "family-one-byte", "cidr-reads-next"],
+)
+def test_netlink_allowed_ip_refused(element: bytes) -> None:
+    msg = _device_message(element)
+    with pytest.raises(nlwire.DecodeError):
+        nlwire.DeviceDecoder().add(msg, nlwire.NLMSG_HDR.size, len(msg))
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        # struct.error from pyroute2: an RTM_NEWLINK without its struct ifinfomsg
+        struct.pack("=IHHII", 16, 16, 2, 1, 0),
+        # NetlinkNLADecodeError from pyroute2: IFLA_STATS64 runs past the message's end
+        bytes.fromhex(
+            "3400000010000274d2000100000000000000000001009e9b00e34310"
+            "00000000000005000300000000000c001700fcb89627196b"
+        ),
+    ],
+    ids=["no-ifinfomsg", "bad-nla"],
+)
+def test_link_dump_refused(dump: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_dump(dump)
+
+
+def test_link_stats_too_short_are_skipped() -> None:
+    # pyroute2 hands over the raw bytes of an IFLA_STATS64 too short for its struct.
+    body = struct.pack("=BBHiII", 0, 0, 1, 2, 0, 0) + _nla(3, b"eth0\0") + _nla(23, bytes(8))
+    dump = struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
+    assert parse_links(decode_dump(dump), {"eth0"}) == {}

@@ -7,9 +7,9 @@ UNIT_PKGS = prometheus openssl
 NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
-.PHONY: test test-unit test-netns test-kernel lint bench demo deps-python deps-netns deps-kernel
+.PHONY: test test-unit test-fuzz test-netns test-kernel lint bench demo fuzz deps-python deps-netns deps-kernel
 
-test: lint test-unit test-netns test-kernel
+test: lint test-unit test-fuzz test-netns test-kernel
 
 deps-python:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -28,6 +28,16 @@ lint: deps-python
 test-unit: deps-python
 	$(APT) $(UNIT_PKGS)
 	$(PYTEST) tests/unit
+
+# Every fuzz target (tests/fuzz) on a fixed set of inputs: derandomized, the same each run.
+test-fuzz: deps-python
+	$(PYTEST) tests/fuzz
+
+# Every fuzz target on new random inputs for FUZZ_SECONDS each; failures are kept in
+# .hypothesis/ and replayed first next time.
+FUZZ_SECONDS ?= 60
+fuzz: deps-python
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTEST) tests/fuzz
 
 test-netns: deps-netns
 	$(PYTEST) tests/netns

@@ -38,7 +38,7 @@ def test_any_json(data: bytes) -> None:
     parse(data)
 
 
-@target(600)
+@target(400)
 @given(encoded(snapshot_doc))
 def test_snapshot_shaped(data: bytes) -> None:
     parse(data)

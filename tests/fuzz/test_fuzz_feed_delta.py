@@ -177,7 +177,7 @@ def test_any_json(data: bytes) -> None:
     run(data)
 
 
-@target(800)
+@target(500)
 @given(encoded(delta_doc))
 def test_delta_shaped(data: bytes) -> None:
     run(data)

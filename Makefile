@@ -24,6 +24,7 @@ lint: deps-python
 	$(PYTHON) -m ruff check nodeagent tests bench
 	$(PYTHON) -m ruff format --check nodeagent tests bench
 	$(PYTHON) -m mypy nodeagent
+	lint-imports
 
 test-unit: deps-python
 	$(APT) $(UNIT_PKGS)

@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodeagent.config import FeedConfig
-from nodeagent.feed_http import HttpFeed
-from nodeagent.feedserver import FeedServer, FeedStore
+from nodeagent.central.feedserver import FeedServer, FeedStore
+from nodeagent.config.agent import FeedConfig
+from nodeagent.core.model import DesiredState, format_key
+from nodeagent.core.sync import sync_interface
+from nodeagent.feed.http import HttpFeed
 from nodeagent.lab.netns import Lab, missing_prerequisites
-from nodeagent.model import DesiredState, format_key
-from nodeagent.sync import sync_interface
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key
 
 T = TypeVar("T")

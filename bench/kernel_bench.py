@@ -34,12 +34,12 @@ from datetime import UTC, datetime
 
 from pyroute2 import IPRoute
 
-from nodeagent.feed import parse_snapshot
-from nodeagent.model import DesiredInterface, Peer, format_key
-from nodeagent.reconcile import plan
-from nodeagent.sync import SyncOutcome, sync_interface
-from nodeagent.wireguard import nlwire
-from nodeagent.wireguard.netlink import KernelBackend
+from nodeagent.core.model import DesiredInterface, Peer, format_key
+from nodeagent.core.reconcile import plan
+from nodeagent.core.sync import SyncOutcome, sync_interface
+from nodeagent.feed.snapshot import parse_snapshot
+from nodeagent.wireguard.netlink import codec as nlwire
+from nodeagent.wireguard.netlink.backend import KernelBackend
 from tests.kernel.vm import in_throwaway_vm
 from tests.peerdata import feed_document, key, make_peers, v4
 

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
+from nodeagent.core.model import Peer
 from nodeagent.lab.netns import Lab, WireguardGo, missing_prerequisites
-from nodeagent.model import Peer
 from tests.peerdata import feed_document, make_peers, v4, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nodeagent.core.model import Peer, format_key
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import Lab, missing_prerequisites
-from nodeagent.model import Peer, format_key
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key, make_peers, v4
 
 

@@ -1,3 +1,3 @@
-from .cli import main
+from nodeagent.cli.main import main
 
 raise SystemExit(main())

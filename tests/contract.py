@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from nodeagent.model import AllowedIP, Peer, Plan
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.backend import Backend
+from nodeagent.core.backend import Backend
+from nodeagent.core.model import AllowedIP, Peer, Plan
+from nodeagent.core.reconcile import plan
 
 from .peerdata import key, make_peers, v4, wide_peer
 

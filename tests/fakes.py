@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nodeagent.model import Device, InterfaceSetup, Peer, Plan
-from nodeagent.reconcile import apply_to
-from nodeagent.wireguard.backend import InterfaceMissing
+from nodeagent.core.backend import InterfaceMissing
+from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.core.reconcile import apply_to
 
 
 class FakeBackend:

@@ -35,9 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from nodeagent.core.model import AllowedIP, Peer, format_key
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import Namespace
-from nodeagent.model import AllowedIP, Peer, format_key
-from nodeagent.reconcile import plan
 from nodeagent.wireguard import Backend, BackendError
 from tests.peerdata import feed_document
 
@@ -380,11 +380,11 @@ def _plant() -> None:
     """
     import logging
 
-    from nodeagent import agent
+    from nodeagent.daemon import agent
 
     mode = os.environ.get("NODEAGENT_PLANT_LEAK", "")
     original = agent.sync_interface  # type: ignore[attr-defined]
-    log = logging.getLogger("nodeagent.agent")
+    log = logging.getLogger("nodeagent.daemon.agent")
 
     def sync_interface(backend: Backend, *args: object, **kwargs: object) -> object:
         outcome = original(backend, *args, **kwargs)  # type: ignore[arg-type]
@@ -410,6 +410,6 @@ def _plant() -> None:
 
 if __name__ == "__main__":
     _plant()
-    from nodeagent.cli import main
+    from nodeagent.cli.main import main
 
     sys.exit(main(sys.argv[1:]))

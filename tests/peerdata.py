@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from nodeagent.model import AllowedIP, Peer, format_key
+from nodeagent.core.model import AllowedIP, Peer, format_key
 
 
 def key(tag: str, i: int) -> bytes:

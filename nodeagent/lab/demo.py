@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..model import format_key
-from .netns import Lab, TunnelPair, missing_prerequisites, tunnel_pair
+from nodeagent.core.model import format_key
+from nodeagent.lab.netns import Lab, TunnelPair, missing_prerequisites, tunnel_pair
 
 PORT_FEED, PORT_HTTP = 8700, 9586
 SYNTHETIC_PEERS = 500
@@ -109,7 +109,7 @@ def _demo(lab: Lab, tmp: Path, procs: list[subprocess.Popen[str]], seconds: floa
     _say("starting the reference feed server and the agent in the server namespace")
     procs.append(
         server.popen(
-            [py, "-m", "nodeagent.feedserver", "--accounts", str(accounts),
+            [py, "-m", "nodeagent.central.feedserver", "--accounts", str(accounts),
              "--port", str(PORT_FEED), "--token-file", str(token)],
             capture=False,
         )

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Self
 
-from ..wireguard import uapi_text
-from ..wireguard.uapi import default_socket_path, exchange
+from nodeagent.wireguard.uapi import text as uapi_text
+from nodeagent.wireguard.uapi.backend import default_socket_path, exchange
 
 IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
 _WG_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}

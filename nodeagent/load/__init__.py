@@ -7,6 +7,6 @@ the push publish. Nothing here ever reads anything per peer.
 
 from __future__ import annotations
 
-from .meter import LoadReport, Meter, MeterConfig, Sample
+from nodeagent.load.meter import LoadReport, Meter, MeterConfig, Sample
 
 __all__ = ["LoadReport", "Meter", "MeterConfig", "Sample"]

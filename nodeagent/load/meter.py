@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .counters import LinkCounters
+from nodeagent.load.counters import LinkCounters
 
 if TYPE_CHECKING:
-    from ..config import LoadConfig
+    from nodeagent.config.agent import LoadConfig
 
 __all__ = [
     "PROBLEM_CAPACITY_UNKNOWN",

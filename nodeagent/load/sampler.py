@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from ..config import LoadConfig
-from .counters import CounterError, LinkCounters, LinkReader, link_speed_bps
-from .cpu import CpuMeter
-from .meter import LoadReport, Meter, MeterConfig, Sample
+from nodeagent.config.agent import LoadConfig
+from nodeagent.load.counters import CounterError, LinkCounters, LinkReader, link_speed_bps
+from nodeagent.load.cpu import CpuMeter
+from nodeagent.load.meter import LoadReport, Meter, MeterConfig, Sample
 
 log = logging.getLogger(__name__)
 

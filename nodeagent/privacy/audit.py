@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from ..units import parse_duration
-from .netfilter import (
+from nodeagent.config.units import parse_duration
+from nodeagent.privacy.netfilter import (
     Chain,
     CommandFailed,
     Runner,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .backend import Backend, BackendError, InterfaceMissing
+from nodeagent.core.backend import Backend, BackendError, InterfaceMissing
 
 if TYPE_CHECKING:
-    from ..config import WireguardInterfaceConfig
+    from nodeagent.config.agent import WireguardInterfaceConfig
 
 __all__ = ["Backend", "BackendError", "InterfaceMissing", "open_backend"]
 
@@ -15,9 +15,9 @@ __all__ = ["Backend", "BackendError", "InterfaceMissing", "open_backend"]
 def open_backend(cfg: WireguardInterfaceConfig) -> Backend:
     """The backend an interface's configuration names (imported lazily: pyroute2 is heavy)."""
     if cfg.backend == "kernel":
-        from .netlink import KernelBackend
+        from nodeagent.wireguard.netlink.backend import KernelBackend
 
         return KernelBackend(cfg.name)
-    from .uapi import UapiBackend
+    from nodeagent.wireguard.uapi.backend import UapiBackend
 
     return UapiBackend(cfg.name, cfg.uapi_socket)

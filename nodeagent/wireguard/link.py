@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from pyroute2 import IPRoute
 
-from .backend import BackendError, InterfaceMissing
+from nodeagent.core.backend import BackendError, InterfaceMissing
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from nodeagent.feed import USERNAME, parse_snapshot
-from nodeagent.model import KEY_LEN, DesiredState, format_key
+from nodeagent.core.model import KEY_LEN, DesiredState, format_key
+from nodeagent.feed.snapshot import USERNAME, parse_snapshot
 from tests.peerdata import key
 
 # --- pools ----------------------------------------------------------------------

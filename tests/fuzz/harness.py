@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, currently_in_test_context, event, settings
 
-from nodeagent.logs import redact
+from nodeagent.privacy.logs import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 

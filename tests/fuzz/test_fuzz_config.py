@@ -21,7 +21,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.config import MIN_SCRUB_IDLE_AFTER, Config, ConfigError, load_config
+from nodeagent.config.agent import MIN_SCRUB_IDLE_AFTER, Config, ConfigError, load_config
 from tests.fuzz.harness import ended_well, target
 
 REPO = Path(__file__).resolve().parents[2]

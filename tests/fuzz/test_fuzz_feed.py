@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.feed import FeedError, parse_snapshot, read_file_feed
+from nodeagent.feed.snapshot import FeedError, parse_snapshot, read_file_feed
 from tests.fuzz.feeddocs import DEEP, check_state, encoded, json_values, snapshot_doc
 from tests.fuzz.harness import ended_well, target
 

@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.feed import FeedError, parse_snapshot
-from nodeagent.feed_delta import (
+from nodeagent.core.model import DesiredState, format_key
+from nodeagent.feed.delta import (
     Applied,
     Delta,
     DeltaMismatch,
@@ -23,7 +23,7 @@ from nodeagent.feed_delta import (
     apply_document,
     parse_delta,
 )
-from nodeagent.model import DesiredState, format_key
+from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.fuzz.feeddocs import (
     DEEP,
     KEYS,

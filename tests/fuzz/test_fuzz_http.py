@@ -33,12 +33,12 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from nodeagent import __version__
-from nodeagent.config import HTTPConfig
-from nodeagent.http import HttpServer, HttpSettings, Sources
+from nodeagent.config.agent import HTTPConfig
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.meter import LoadReport
-from nodeagent.metrics import MetricsSnapshot, ReconcileStats, make_registry
-from nodeagent.status import StatusBoard
+from nodeagent.publish.http import HttpServer, HttpSettings, Sources
+from nodeagent.publish.metrics import MetricsSnapshot, ReconcileStats, make_registry
+from nodeagent.publish.status import StatusBoard
 from tests.fuzz.harness import target
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,10 +18,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
 from nodeagent.load.counters import LinkCounters, decode_dump, parse_links
-from nodeagent.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
-from nodeagent.wireguard import nlwire
-from nodeagent.wireguard.netlink_idle import (
+from nodeagent.wireguard.netlink import codec as nlwire
+from nodeagent.wireguard.netlink.idle import (
     ActivityDecoder,
     DumpError,
     ScrubDecoder,

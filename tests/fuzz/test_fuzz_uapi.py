@@ -19,11 +19,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.model import KEY_LEN, AllowedIP, Device, Peer, Plan
-from nodeagent.wireguard import uapi_idle, uapi_text
-from nodeagent.wireguard.backend import BackendError
-from nodeagent.wireguard.uapi import UapiBackend
-from nodeagent.wireguard.uapi_idle import UapiScrubPort
+from nodeagent.core.backend import BackendError
+from nodeagent.core.model import KEY_LEN, AllowedIP, Device, Peer, Plan
+from nodeagent.wireguard.uapi import idle as uapi_idle
+from nodeagent.wireguard.uapi import text as uapi_text
+from nodeagent.wireguard.uapi.backend import UapiBackend
+from nodeagent.wireguard.uapi.idle import UapiScrubPort
 from tests.fuzz.harness import ended_well, target
 from tests.peerdata import key
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from nodeagent.wireguard.backend import BackendError
-from nodeagent.wireguard.netlink import KernelBackend, resolve_family
+from nodeagent.core.backend import BackendError
+from nodeagent.wireguard.netlink.backend import KernelBackend, resolve_family
 from tests.kernel.vm import in_throwaway_vm
 
 _names = itertools.count()

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from nodeagent.model import AllowedIP, InterfaceSetup, Peer, Plan
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.backend import BackendError, InterfaceMissing
-from nodeagent.wireguard.netlink import KernelBackend
-from nodeagent.wireguard.uapi_text import clamp_private_key
+from nodeagent.core.backend import BackendError, InterfaceMissing
+from nodeagent.core.model import AllowedIP, InterfaceSetup, Peer, Plan
+from nodeagent.core.reconcile import plan
+from nodeagent.wireguard.netlink.backend import KernelBackend
+from nodeagent.wireguard.uapi.text import clamp_private_key
 from tests.contract import BackendContract, converge
 from tests.peerdata import key, make_peers, wide_peer
 

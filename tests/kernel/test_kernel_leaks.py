@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.lab.netns import Lab, genkey, run, unique_name
-from nodeagent.wireguard.netlink import KernelBackend
+from nodeagent.wireguard.netlink.backend import KernelBackend
 from tests.kernel.conftest import delete_link
 from tests.leaks import (
     AGENT,

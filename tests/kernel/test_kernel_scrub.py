@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
-from nodeagent.model import format_key
-from nodeagent.privacy.scrub import scrub_once, scrub_port
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.netlink import KernelBackend
+from nodeagent.core.model import format_key
+from nodeagent.core.reconcile import plan
+from nodeagent.privacy.scrub import scrub_once
+from nodeagent.wireguard.netlink.backend import KernelBackend
 from tests.contract import converge
 from tests.peerdata import make_peers
 
@@ -29,10 +29,10 @@ def test_idle_endpoints_are_wiped_and_config_kept(kernel_backend: KernelBackend)
         subprocess.run(["wg", "set", link, "peer", k, "endpoint", f"127.0.0.1:{40000 + i}"])
     assert sum(e != "(none)" for e in endpoints(link).values()) == 5
 
-    scrubbed = scrub_once(scrub_port(kernel_backend), 180.0)
+    scrubbed = scrub_once(kernel_backend, 180.0)
 
     assert scrubbed == 5
     assert all(e == "(none)" for e in endpoints(link).values())
     assert plan(desired, kernel_backend.read().peers).empty
     # Nothing idle with an endpoint is left: a second pass does nothing.
-    assert scrub_once(scrub_port(kernel_backend), 180.0) == 0
+    assert scrub_once(kernel_backend, 180.0) == 0

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.netlink import KernelBackend
+from nodeagent.core.reconcile import plan
+from nodeagent.wireguard.netlink.backend import KernelBackend
 from tests.peerdata import feed_document, make_peers, wide_peer, write_atomic
 
 

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from nodeagent.core.model import AllowedIP, Peer, format_key
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import TunnelPair
-from nodeagent.model import AllowedIP, Peer, format_key
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import feed_document, make_peers, write_atomic
 
 
@@ -121,7 +121,7 @@ def test_daemon_follows_http_feed(tunnel_pair: TunnelPair, tmp_path: Path) -> No
     desired = desired_peers(pair)
     write_atomic(accounts, feed_document(desired, pair.server.name))
     server = subprocess.Popen(
-        [sys.executable, "-m", "nodeagent.feedserver", "--accounts", str(accounts),
+        [sys.executable, "-m", "nodeagent.central.feedserver", "--accounts", str(accounts),
          "--port", str(port), "--token-file", str(token)],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip

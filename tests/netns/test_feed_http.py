@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from nodeagent.config import FeedConfig
-from nodeagent.feed import parse_snapshot
-from nodeagent.feed_http import HttpFeed
-from nodeagent.feedserver import Fault, FeedServer, FeedStore
+from nodeagent.central.feedserver import Fault, FeedServer, FeedStore
+from nodeagent.config.agent import FeedConfig
+from nodeagent.core.model import DesiredState, Peer, format_key
+from nodeagent.core.reconcile import plan
+from nodeagent.core.sync import sync_interface
+from nodeagent.feed.http import HttpFeed
+from nodeagent.feed.snapshot import parse_snapshot
 from nodeagent.lab.netns import Namespace
-from nodeagent.model import DesiredState, Peer, format_key
-from nodeagent.reconcile import plan
-from nodeagent.sync import sync_interface
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key
 
 KEYS = [format_key(key("nf", i)) for i in range(1000)]

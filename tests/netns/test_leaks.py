@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.lab.netns import Lab, genkey, veth_pair
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.leaks import (
     AGENT,
     PLANTED,

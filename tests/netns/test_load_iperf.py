@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.config import LoadConfig
+from nodeagent.config.agent import LoadConfig
+from nodeagent.core.model import AllowedIP, Peer
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import Namespace, TunnelPair
 from nodeagent.load.counters import LinkReader
 from nodeagent.load.meter import LoadReport
 from nodeagent.load.sampler import LoadSampler
-from nodeagent.model import AllowedIP, Peer
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 
 REPO = Path(__file__).resolve().parents[2]
 CAPACITY = 100_000_000  # configured: 100 Mbit/s

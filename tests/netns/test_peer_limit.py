@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from nodeagent.core.model import DesiredInterface, Plan
+from nodeagent.core.sync import sync_interface
 from nodeagent.lab.netns import Namespace
-from nodeagent.model import DesiredInterface, Plan
-from nodeagent.sync import sync_interface
 from nodeagent.wireguard import BackendError
-from nodeagent.wireguard.uapi import MAX_PEERS, UapiBackend
+from nodeagent.wireguard.uapi.backend import MAX_PEERS, UapiBackend
 from tests.peerdata import make_peers
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import base64
 import time
 
+from nodeagent.core.model import AllowedIP, Peer, Plan
 from nodeagent.lab.netns import TunnelPair
-from nodeagent.model import AllowedIP, Peer, Plan
-from nodeagent.privacy.scrub import scrub_once, scrub_port
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.privacy.scrub import scrub_once
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key
 
 REAL_FLOOR = 180.0
@@ -63,13 +63,13 @@ def test_active_session_loses_no_packet_across_scrub_passes(tunnel_pair: TunnelP
     stale = Peer(key("stale", 0), frozenset({AllowedIP.parse("10.99.0.77/32")}))
     backend.apply(Plan(add=(stale,)))
     pair.server.uapi_set([f"public_key={stale.public_key.hex()}", "endpoint=192.0.2.77:40000"])
-    port = scrub_port(backend)
+
     before = backend.read().peers
 
     ping = pair.ping_popen(count=600, interval=0.01)
     passes = scrubbed = 0
     while ping.poll() is None:
-        scrubbed += scrub_once(port, REAL_FLOOR)
+        scrubbed += scrub_once(backend, REAL_FLOOR)
         passes += 1
         # The stale peer needs its endpoint back for the next pass to have work.
         pair.server.uapi_set([f"public_key={stale.public_key.hex()}", "endpoint=192.0.2.77:40000"])
@@ -86,16 +86,16 @@ def test_active_session_loses_no_packet_across_scrub_passes(tunnel_pair: TunnelP
 def test_idle_endpoint_disappears_and_client_reconnects(tunnel_pair: TunnelPair) -> None:
     pair = tunnel_pair
     backend = connect(pair)
-    port = scrub_port(backend)
+
     before = backend.read().peers
     idle_after, interval = 3.0, 0.5  # library level only; the config floor is 180 s
 
     last_packet = time.monotonic()  # connect()'s ping has just returned
-    assert scrub_once(port, idle_after) == 0, "a client that just talked is not idle"
+    assert scrub_once(backend, idle_after) == 0, "a client that just talked is not idle"
     assert client_endpoint(pair) != "(none)"
     gone_after: float | None = None
     while time.monotonic() - last_packet < idle_after + interval + 10:
-        scrub_once(port, idle_after)
+        scrub_once(backend, idle_after)
         if client_endpoint(pair) == "(none)":
             gone_after = time.monotonic() - last_packet
             break

@@ -11,10 +11,10 @@ import signal
 import time
 from pathlib import Path
 
+from nodeagent.core.model import format_key
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import TunnelPair
-from nodeagent.model import format_key
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.netns.test_agent_daemon import (
     desired_peers,
     start_agent,

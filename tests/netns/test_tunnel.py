@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import threading
 
+from nodeagent.core.model import AllowedIP, Peer, Plan
+from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import TunnelPair
-from nodeagent.model import AllowedIP, Peer, Plan
-from nodeagent.reconcile import plan
-from nodeagent.wireguard.uapi import UapiBackend, exchange
+from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
 from tests.peerdata import key
 
 CLIENT_IP = AllowedIP.parse("10.99.0.2/32")

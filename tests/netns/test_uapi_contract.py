@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from nodeagent.core.backend import BackendError, InterfaceMissing
+from nodeagent.core.model import InterfaceSetup, Peer, Plan
 from nodeagent.lab.netns import Lab, Namespace
-from nodeagent.model import InterfaceSetup, Peer, Plan
-from nodeagent.wireguard.backend import BackendError, InterfaceMissing
-from nodeagent.wireguard.uapi import UapiBackend, exchange
-from nodeagent.wireguard.uapi_text import clamp_private_key
+from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
+from nodeagent.wireguard.uapi.text import clamp_private_key
 from tests.contract import BackendContract
 from tests.peerdata import key
 

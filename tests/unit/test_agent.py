@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.agent import Agent, sync_once
-from nodeagent.config import Config, WireguardInterfaceConfig, load_config
-from nodeagent.model import Peer
-from nodeagent.reconcile import plan
+from nodeagent.config.agent import Config, WireguardInterfaceConfig, load_config
+from nodeagent.core.model import Peer
+from nodeagent.core.reconcile import plan
+from nodeagent.daemon.agent import Agent, sync_once
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, key, make_peers, write_atomic
 

@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from nodeagent.agent import Agent
-from nodeagent.config import LogConfig, WireguardInterfaceConfig, load_config
-from nodeagent.push import HEADER_NODE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from nodeagent.config.agent import LogConfig, WireguardInterfaceConfig, load_config
+from nodeagent.daemon.agent import Agent
+from nodeagent.publish.push import HEADER_NODE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers
 from tests.unit.test_status_http import self_signed

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.agent import Agent
-from nodeagent.config import WireguardInterfaceConfig, load_config
-from nodeagent.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.config.agent import WireguardInterfaceConfig, load_config
+from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.daemon.agent import Agent
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers, write_atomic
 from tests.unit.test_backend_close import SilentDaemon

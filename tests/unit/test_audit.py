@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.cli.audit import main, run
 from nodeagent.privacy.audit import audit
-from nodeagent.privacy.audit_cli import main, run
 from nodeagent.privacy.netfilter import CommandFailed, iptables_log_chains, nft_log_chains
 
 CONFIG = "/etc/nodeagent/config.yaml"

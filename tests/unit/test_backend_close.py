@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.model import Plan
-from nodeagent.privacy.scrub import scrub_once, scrub_port
-from nodeagent.wireguard import BackendError, nlwire
-from nodeagent.wireguard.netlink import KernelBackend
-from nodeagent.wireguard.uapi import UapiBackend
+from nodeagent.core.model import Plan
+from nodeagent.privacy.scrub import scrub_once
+from nodeagent.wireguard import BackendError
+from nodeagent.wireguard.netlink import codec as nlwire
+from nodeagent.wireguard.netlink.backend import KernelBackend
+from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import make_peers
 
 FAMILY = 0x1D  # any id: nothing on the other end reads it
@@ -154,7 +155,7 @@ def test_uapi_close_ends_a_read_the_daemon_never_answers(daemon: SilentDaemon) -
 def test_uapi_close_reaches_the_scrub_ports_connection(daemon: SilentDaemon) -> None:
     """The scrubber talks to the daemon through the backend, so close() ends its pass too."""
     backend = UapiBackend("wgsilent0", daemon.path)
-    thread, errors = run_in_thread(lambda: scrub_once(scrub_port(backend), 180.0))
+    thread, errors = run_in_thread(lambda: scrub_once(backend, 180.0))
     assert daemon.requested.wait(10)
     backend.close()
     assert_ended_closed(thread, errors)

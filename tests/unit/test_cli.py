@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.cli import EX_CONFIG, EX_OK, EX_USAGE, main
+from nodeagent.cli.main import EX_CONFIG, EX_OK, EX_USAGE, main
 
 
 def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

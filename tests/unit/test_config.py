@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.config import (
+from nodeagent.config.agent import (
     Config,
     ConfigError,
     Problem,
@@ -23,7 +23,7 @@ from nodeagent.config import (
     read_private_key,
     read_secret,
 )
-from nodeagent.units import MAX_DURATION, format_duration, format_rate, parse_size
+from nodeagent.config.units import MAX_DURATION, format_duration, format_rate, parse_size
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_TEXT = base64.b64encode(bytes(range(32))).decode()

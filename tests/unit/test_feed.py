@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.feed import FeedError, parse_snapshot
-from nodeagent.model import AllowedIP, format_key
+from nodeagent.core.model import AllowedIP, format_key
+from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
 
 K1, K2 = format_key(key("f", 1)), format_key(key("f", 2))

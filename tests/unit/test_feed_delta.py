@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from nodeagent.feed import FeedError, parse_snapshot
-from nodeagent.feed_delta import DeltaMismatch, apply_delta, apply_document, parse_delta
-from nodeagent.feedserver import FeedStore
-from nodeagent.model import AllowedIP, DesiredState, format_key
+from nodeagent.central.feedserver import FeedStore
+from nodeagent.core.model import AllowedIP, DesiredState, format_key
+from nodeagent.feed.delta import DeltaMismatch, apply_delta, apply_document, parse_delta
+from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
 
 K = [format_key(key("d", i)) for i in range(6)]

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from nodeagent.config import FeedConfig
-from nodeagent.feed import parse_snapshot
-from nodeagent.feed_http import HttpFeed
-from nodeagent.feedserver import Fault, FeedServer, FeedStore
-from nodeagent.model import DesiredState, format_key
+from nodeagent.central.feedserver import Fault, FeedServer, FeedStore
+from nodeagent.config.agent import FeedConfig
+from nodeagent.core.model import DesiredState, format_key
+from nodeagent.feed.http import HttpFeed
+from nodeagent.feed.snapshot import parse_snapshot
 from tests.peerdata import key
 
 TOKEN = b"s3cret-token"
@@ -99,7 +99,7 @@ def _no_values_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
     tree.propagate, tree.level = saved[0], saved[1]
     # After the yield caplog.records is the teardown phase's (empty): ask for the call's.
     records = caplog.get_records("call")
-    assert any(r.name == "nodeagent.feed_http" for r in records)
+    assert any(r.name == "nodeagent.feed.http" for r in records)
     for record in records:
         assert not secrets_in(record.getMessage()), record.getMessage()
 

@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from nodeagent.agent import Agent
-from nodeagent.config import WireguardInterfaceConfig, load_config
-from nodeagent.feed_http import HttpFeed
+from nodeagent.config.agent import WireguardInterfaceConfig, load_config
+from nodeagent.daemon.agent import Agent
+from nodeagent.feed.http import HttpFeed
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers, write_atomic
 

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.config import ConfigError, load_config
+from nodeagent.config.agent import ConfigError, load_config
+from nodeagent.core.backend import BackendError
 from nodeagent.load.counters import decode_dump, parse_links
-from nodeagent.wireguard import nlwire, uapi_idle, uapi_text
-from nodeagent.wireguard.backend import BackendError
-from nodeagent.wireguard.uapi import UapiBackend
-from nodeagent.wireguard.uapi_idle import UapiScrubPort
+from nodeagent.wireguard.netlink import codec as nlwire
+from nodeagent.wireguard.uapi import idle as uapi_idle
+from nodeagent.wireguard.uapi import text as uapi_text
+from nodeagent.wireguard.uapi.backend import UapiBackend
+from nodeagent.wireguard.uapi.idle import UapiScrubPort
 
 # --- the YAML configuration ---------------------------------------------------------
 

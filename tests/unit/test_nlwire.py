@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
-from nodeagent.wireguard import nlwire as nw
+from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
+from nodeagent.wireguard.netlink import codec as nw
 from tests.peerdata import key, make_peers, wide_peer
 
 FAMILY = 0x20

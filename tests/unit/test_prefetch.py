@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nodeagent.wireguard.netlink import _Prefetch
+from nodeagent.wireguard.netlink.backend import _Prefetch
 
 
 def test_items_arrive_in_order() -> None:

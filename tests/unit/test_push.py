@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from nodeagent.collector.verify import Refused, ReplayGuard, verify_push
+from nodeagent.central.collector.verify import Refused, ReplayGuard, verify_push
 from nodeagent.load.meter import LoadReport
-from nodeagent.push import Backoff, Pusher, sign, signed_headers
-from nodeagent.status import StatusBoard
+from nodeagent.publish.push import Backoff, Pusher, sign, signed_headers
+from nodeagent.publish.status import StatusBoard
 
 SECRET = b"node-secret-0123456789"
 NODE = "nl-ams-01"

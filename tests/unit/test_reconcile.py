@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.model import AllowedIP, Peer, PeerUpdate, Plan
-from nodeagent.reconcile import apply_to, plan
+from nodeagent.core.model import AllowedIP, Peer, PeerUpdate, Plan
+from nodeagent.core.reconcile import apply_to, plan
 from tests.peerdata import key
 
 A, B, C = key("t", 1), key("t", 2), key("t", 3)

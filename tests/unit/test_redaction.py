@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeagent.logs import MASK, JsonFormatter, RedactFilter, redact, setup_logging
+from nodeagent.privacy.logs import MASK, JsonFormatter, RedactFilter, redact, setup_logging
 
 KEY = bytes(range(32))
 B64 = base64.b64encode(KEY).decode()

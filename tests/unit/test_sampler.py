@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
-from nodeagent.config import LoadConfig
+from nodeagent.config.agent import LoadConfig
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.sampler import LoadSampler
 

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from nodeagent.model import AllowedIP, Peer
-from nodeagent.privacy.scrub import PeerActivity, scrub_once, scrub_port, select_idle
-from nodeagent.wireguard import nlwire
-from nodeagent.wireguard.netlink_idle import DumpError, idle_from_dump, readd_messages
-from nodeagent.wireguard.uapi import UapiBackend
-from nodeagent.wireguard.uapi_idle import UapiScrubPort, idle_from_reply, readd_lines
+from nodeagent.core.idle import PeerActivity, select_idle
+from nodeagent.core.model import AllowedIP, Peer
+from nodeagent.privacy.scrub import scrub_once
+from nodeagent.wireguard.netlink import codec as nlwire
+from nodeagent.wireguard.netlink.idle import DumpError, idle_from_dump, readd_messages
+from nodeagent.wireguard.uapi.backend import UapiBackend
+from nodeagent.wireguard.uapi.idle import UapiScrubPort, idle_from_reply, readd_lines
 from tests.fakes import FakeBackend
 from tests.peerdata import key
 
@@ -215,7 +216,6 @@ def test_scrub_once_readds_idle_peers_with_their_configuration() -> None:
     pb = Peer(B, frozenset({AllowedIP.parse("10.0.0.3/32")}))
     port.peers = {A: pa, B: pb}
     port.activity = {A: PeerActivity(A, True, 400.0), B: PeerActivity(B, True, 3.0)}
-    assert scrub_port(port) is port
     assert scrub_once(port, 180.0) == 1
     assert port.readded == [[pa]]
     assert scrub_once(port, 180.0) == 0
@@ -224,10 +224,10 @@ def test_scrub_once_readds_idle_peers_with_their_configuration() -> None:
     assert port.reads == 0, "no second read of the configuration"
 
 
-def test_scrub_port_adapts_real_backends_and_refuses_others() -> None:
-    assert isinstance(scrub_port(UapiBackend("wgx", "/nonexistent")), UapiScrubPort)
-    with pytest.raises(TypeError):
-        scrub_port(object())  # type: ignore[arg-type]
+def test_the_real_backends_scrub_through_their_own_methods() -> None:
+    """Scrubbing is part of the Backend protocol: no adapter, no isinstance."""
+    for backend in (UapiBackend("wgx", "/nonexistent"),):
+        assert callable(backend.idle_peers) and callable(backend.readd)
 
 
 def test_scrub_once_logs_nothing_about_peers(caplog: pytest.LogCaptureFixture) -> None:
@@ -300,8 +300,8 @@ class ScriptedNetlink:
 def _kernel_pass(
     handshake_age: int, caplog: pytest.LogCaptureFixture
 ) -> tuple[int, list[str], list[tuple[str, int, str]], ScriptedNetlink]:
-    from nodeagent.wireguard.netlink import KernelBackend
-    from nodeagent.wireguard.netlink_idle import KernelScrubPort
+    from nodeagent.wireguard.netlink.backend import KernelBackend
+    from nodeagent.wireguard.netlink.idle import KernelScrubPort
 
     sock = ScriptedNetlink(
         [_full_peer(PA, SIN, int(NOW) - handshake_age), _full_peer(PB, SIN6, int(NOW) - 5)]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.agent import Agent
-from nodeagent.config import load_config
-from nodeagent.sdnotify import Notifier
+from nodeagent.config.agent import load_config
+from nodeagent.daemon.agent import Agent
+from nodeagent.daemon.sdnotify import Notifier
 from tests.fakes import FakeBackend
 
 

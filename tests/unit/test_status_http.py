@@ -20,14 +20,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nodeagent import __version__
-from nodeagent.config import HTTPConfig, TLSConfig
-from nodeagent.http import HttpServer, Sources, make_app
+from nodeagent.cli.status import main_status, render
+from nodeagent.config.agent import HTTPConfig, TLSConfig
+from nodeagent.core.sync import SyncOutcome
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.meter import PROBLEM_INTERFACE_MISSING, LoadReport
-from nodeagent.metrics import MetricsSnapshot, ReconcileStats, make_registry
-from nodeagent.status import StatusBoard, encode, status_document
-from nodeagent.statuscli import main_status, render
-from nodeagent.sync import SyncOutcome
+from nodeagent.publish.http import HttpServer, Sources, make_app
+from nodeagent.publish.metrics import MetricsSnapshot, ReconcileStats, make_registry
+from nodeagent.publish.status import StatusBoard, encode, status_document
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
 REPORT = LoadReport(37, 37, 12, 370_000_000, 365_000_000, 1_000_000_000, 60)
@@ -218,7 +218,7 @@ async def test_promtool_catches_bad_exposition() -> None:
 
 async def test_scrape_never_touches_the_sampler() -> None:
     """Scrapes and /status read caches: a sampler whose reader counts calls sees none."""
-    from nodeagent.config import LoadConfig
+    from nodeagent.config.agent import LoadConfig
     from nodeagent.load.sampler import LoadSampler
 
     class Reader:

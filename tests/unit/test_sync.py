@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from nodeagent.model import DesiredInterface, Peer
-from nodeagent.sync import sync_interface
+from nodeagent.core.model import DesiredInterface, Peer
+from nodeagent.core.sync import sync_interface
 from tests.fakes import FakeBackend
 from tests.peerdata import key, make_peers
 

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
-from nodeagent.reconcile import plan
-from nodeagent.wireguard import uapi_text
-from nodeagent.wireguard.backend import BackendError, InterfaceMissing
-from nodeagent.wireguard.uapi import UapiBackend
-from nodeagent.wireguard.uapi_text import UapiProtocolError
+from nodeagent.core.backend import BackendError, InterfaceMissing
+from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
+from nodeagent.core.reconcile import plan
+from nodeagent.wireguard.uapi import text as uapi_text
+from nodeagent.wireguard.uapi.backend import UapiBackend
+from nodeagent.wireguard.uapi.text import UapiProtocolError
 from tests.peerdata import key
 
 A, B, C, PSK = key("a", 0), key("b", 0), key("c", 0), key("psk", 0)

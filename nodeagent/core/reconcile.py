@@ -1,0 +1,62 @@
+"""The reconcile core: the difference between desired and actual peers, as a Plan.
+
+Pure. Applying the plan and planning again yields an empty plan; fields that
+already match are never sent, so established sessions are never disturbed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from nodeagent.core.model import Peer, PeerUpdate, Plan
+
+
+def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
+    """Peers to add, fields to update, and peers to remove to turn ``actual`` into ``desired``."""
+    add: list[Peer] = []
+    update: list[PeerUpdate] = []
+    get = actual.get
+    # The hot loop of a small change to 20,000 peers: the identity test catches the
+    # peers a delta feed carried over, and comparing the two fields directly is
+    # several times cheaper than the dataclass's __eq__.
+    for key, want in desired.items():
+        have = get(key)
+        if have is want:
+            continue
+        if have is None:
+            add.append(want)
+            continue
+        ips_differ = want.allowed_ips != have.allowed_ips
+        psk_differs = want.preshared_key != have.preshared_key
+        if ips_differ or psk_differs:
+            update.append(
+                PeerUpdate(
+                    public_key=key,
+                    allowed_ips=want.allowed_ips if ips_differ else None,
+                    change_preshared_key=psk_differs,
+                    preshared_key=want.preshared_key if psk_differs else None,
+                )
+            )
+    remove = [key for key in actual if key not in desired]
+    # Sorted so that a plan is deterministic whatever the dict order was.
+    add.sort(key=lambda p: p.public_key)
+    update.sort(key=lambda u: u.public_key)
+    remove.sort()
+    return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
+
+
+def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
+    """The peers an interface holds once ``p`` is applied to ``actual``: a backend's model."""
+    result = dict(actual)
+    for peer in p.add:
+        result[peer.public_key] = peer
+    for u in p.update:
+        old = result[u.public_key]
+        result[u.public_key] = Peer(
+            public_key=u.public_key,
+            allowed_ips=old.allowed_ips if u.allowed_ips is None else u.allowed_ips,
+            preshared_key=u.preshared_key if u.change_preshared_key else old.preshared_key,
+        )
+    for key in p.remove:
+        result.pop(key, None)
+    return result

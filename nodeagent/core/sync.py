@@ -1,0 +1,123 @@
+"""One reconcile of one interface: read back, plan, guard, apply.
+
+The shell around ``reconcile.plan``. Two guards shape the plan before it is
+sent, and neither stops the rest of it:
+
+- the removal guard holds back the feed's removals when they would take more
+  than ``max_removal_ratio`` of the peers an interface holds (expiry is the
+  agent's own decision and is not limited); additions and updates still go
+  out, so new sign-ups never wait behind a suspicious feed;
+- the peer limit holds back the additions that would take the interface past
+  what its implementation accepts (wireguard-go refuses more than 65,536
+  peers), so what fits is applied instead of the same failure being retried.
+
+Held-back counts are part of the outcome, for the log, ``/status`` and
+``/metrics``. Nothing is sent when there is nothing to change.
+
+Reading 20,000 peers back costs more than applying a small change, so a caller
+may pass the state it last saw (``known``) and skip the read; the daemon does
+so between its periodic read-backs, which repair any drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nodeagent.core.backend import Backend
+from nodeagent.core.model import DesiredInterface, Peer, Plan
+from nodeagent.core.reconcile import apply_to, plan
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    interface: str
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    ms: float
+    read_back: bool = True
+    # Removals the guard held back, and additions beyond the implementation's limit.
+    held_removals: int = 0
+    held_additions: int = 0
+    # What the interface holds afterwards: the ``known`` state of the next pass.
+    peers: Mapping[bytes, Peer] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def peer_count(self) -> int:
+        """Peers on the interface after the pass: kept, updated and added ones."""
+        return self.unchanged + self.updated + self.added
+
+    def event(self) -> str:
+        held = ""
+        if self.held_removals:
+            held += f" held_removals={self.held_removals}"
+        if self.held_additions:
+            held += f" held_additions={self.held_additions}"
+        return (
+            f"interface={self.interface} added={self.added} updated={self.updated} "
+            f"removed={self.removed} unchanged={self.unchanged}{held} ms={self.ms:.0f}"
+        )
+
+
+def removal_allowed(p: Plan, desired: DesiredInterface, actual_count: int, ratio: float) -> bool:
+    """Whether the feed-driven removals of ``p`` stay within ``ratio`` of the current peers."""
+    if actual_count == 0:
+        return True
+    by_feed = sum(1 for k in p.remove if k not in desired.peers)
+    return by_feed <= ratio * actual_count
+
+
+def guard_removals(p: Plan, desired: DesiredInterface, actual_count: int, ratio: float) -> Plan:
+    """``p`` without the feed's removals if they exceed ``ratio``; expired peers still go."""
+    if removal_allowed(p, desired, actual_count, ratio):
+        return p
+    expired = tuple(k for k in p.remove if k in desired.peers)
+    return Plan(add=p.add, update=p.update, remove=expired)
+
+
+def fit_limit(p: Plan, actual_count: int, limit: int | None) -> Plan:
+    """``p`` with only as many additions as keep the interface within ``limit`` peers."""
+    if limit is None:
+        return p
+    room = max(limit - (actual_count - len(p.remove)), 0)
+    if len(p.add) <= room:
+        return p
+    # The plan's additions are sorted by key: the same ones wait on every pass.
+    return Plan(add=p.add[:room], update=p.update, remove=p.remove)
+
+
+def sync_interface(
+    backend: Backend,
+    desired: DesiredInterface,
+    now: datetime,
+    max_removal_ratio: float = 1.0,
+    known: Mapping[bytes, Peer] | None = None,
+) -> SyncOutcome:
+    """Bring one interface in line with ``desired`` at time ``now``, as far as the guards allow.
+
+    ``known`` is what the interface held after the previous pass; without it the
+    interface is read back first.
+    """
+    started = time.monotonic()
+    actual = backend.read().peers if known is None else known
+    wanted = plan(desired.active(now), actual)
+    guarded = guard_removals(wanted, desired, len(actual), max_removal_ratio)
+    p = fit_limit(guarded, len(actual), backend.max_peers)
+    if not p.empty:
+        backend.apply(p)
+    return SyncOutcome(
+        interface=backend.interface,
+        added=len(p.add),
+        updated=len(p.update),
+        removed=len(p.remove),
+        unchanged=len(actual) - len(p.update) - len(p.remove),
+        ms=(time.monotonic() - started) * 1000,
+        read_back=known is None,
+        held_removals=len(wanted.remove) - len(p.remove),
+        held_additions=len(wanted.add) - len(p.add),
+        peers=apply_to(actual, p) if not p.empty else actual,
+    )

@@ -1,0 +1,182 @@
+"""Scrubbing over generic netlink: idle peers from a GET_DEVICE dump, and re-adding peers.
+
+``nlwire``'s decoder skips endpoints and handshake times on purpose; this module
+reads exactly those two, reduces them to "has an endpoint" and "idle or not"
+inside one call, and keeps neither. The same dump also carries each peer's
+public key, preshared key and allowed IPs, so one dump a pass, whether or not
+anyone is idle, yields the idle peers ready to be re-added. The conversation
+itself is the backend's (:meth:`KernelBackend.dump`,
+:meth:`KernelBackend.send_messages`, neither of which logs); the daemon never
+runs a scrub and a reconcile on one backend at the same time.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
+from nodeagent.core.model import KEY_LEN, Peer, Plan
+from nodeagent.wireguard.netlink import codec as nlwire
+
+if TYPE_CHECKING:
+    from nodeagent.wireguard.netlink.backend import KernelBackend
+
+Clock = Callable[[], float]
+
+_TIMESPEC = struct.Struct("=qq")
+
+
+class ActivityDecoder:
+    """Accumulates the activity of each peer over the datagrams of one dump.
+
+    A peer split across messages repeats only its key and allowed IPs in the
+    continuation, so the first element of a key is the one that counts.
+    """
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+        self.peers: dict[bytes, PeerActivity] = {}
+
+    def add(self, buf: bytes, start: int, end: int) -> None:
+        """Decode one reply's genl payload (``buf[start:end]``)."""
+        pos = start + nlwire.GENL_HDR.size
+        if pos > end:
+            raise nlwire.DecodeError("truncated genl header")
+        for atype, a, b in _attrs(buf, pos, end):
+            if atype == nlwire.WGDEVICE_A_PEERS:
+                for _t, p, q in _attrs(buf, a, b):
+                    self._peer(buf, p, q)
+
+    def _peer(self, buf: bytes, pos: int, end: int) -> None:
+        key: bytes | None = None
+        endpoint = False
+        sec = nsec = 0
+        for atype, a, b in _attrs(buf, pos, end):
+            if atype == nlwire.WGPEER_A_PUBLIC_KEY:
+                if b - a != KEY_LEN:
+                    raise nlwire.DecodeError("bad public key length")
+                key = buf[a:b]
+            elif atype == nlwire.WGPEER_A_ENDPOINT:
+                # A sockaddr_in or sockaddr_in6; the kernel omits it when unset.
+                endpoint = b - a >= 2 and buf[a:b] != bytes(b - a)
+            elif atype == nlwire.WGPEER_A_LAST_HANDSHAKE_TIME:
+                if b - a != _TIMESPEC.size:
+                    raise nlwire.DecodeError("bad handshake time length")
+                sec, nsec = _TIMESPEC.unpack_from(buf, a)
+        if key is None:
+            raise nlwire.DecodeError("peer without public key")
+        if key not in self.peers:
+            self.peers[key] = PeerActivity(key, endpoint, handshake_age(sec, nsec, self._now))
+
+
+def _attrs(buf: bytes, pos: int, end: int) -> Iterable[tuple[int, int, int]]:
+    """(type, payload start, payload end) of each attribute in ``buf[pos:end]``."""
+    while pos + 4 <= end:
+        alen, atype = nlwire.NLA_HDR.unpack_from(buf, pos)
+        if alen < 4 or pos + alen > end:
+            raise nlwire.DecodeError("bad attribute length")
+        yield atype & 0x3FFF, pos + 4, pos + alen
+        pos += (alen + 3) & ~3
+
+
+class ScrubDecoder:
+    """One dump read twice over: each peer's activity, and its configuration.
+
+    Both decoders see the same bytes, so every key the activity names has its
+    configuration here too.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.activity = ActivityDecoder(now)
+        self.config = nlwire.DeviceDecoder()
+
+    def add(self, buf: bytes, start: int, end: int) -> None:
+        """Decode one reply's genl payload (``buf[start:end]``) into both."""
+        self.activity.add(buf, start, end)
+        self.config.add(buf, start, end)
+
+    def idle_peers(self, idle_after: float) -> list[Peer]:
+        """The idle peers with an endpoint, as configured (call after NLMSG_DONE)."""
+        keys = select_idle(self.activity.peers.values(), idle_after)
+        peers = self.config.device().peers
+        return [peers[k] for k in keys if k in peers]
+
+
+def idle_from_dump(
+    datagrams: Iterable[bytes], seq: int, idle_after: float, now: float
+) -> list[Peer]:
+    """The idle peers with an endpoint in a complete dump answer, with their configuration.
+
+    An errno answer or an interrupted dump (EINTR: retry) raises ``DumpError``;
+    malformed bytes raise ``DecodeError``.
+    """
+    dec = ScrubDecoder(now)
+    for data in datagrams:
+        for m in nlwire.iter_messages(data):
+            if m.seq != seq:
+                continue
+            if m.type == nlwire.NLMSG_DONE:
+                return dec.idle_peers(idle_after)
+            if m.type == nlwire.NLMSG_ERROR:
+                code = nlwire.error_code(data, m)
+                if code:
+                    raise DumpError(code)
+                continue
+            if m.flags & nlwire.NLM_F_DUMP_INTR:
+                raise DumpError(errno.EINTR)
+            dec.add(data, m.start, m.end)
+    raise nlwire.DecodeError("dump ended without NLMSG_DONE")
+
+
+class DumpError(Exception):
+    """The kernel answered a dump with an errno (EINTR: interrupted, retry)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def readd_messages(family: int, ifname: str, peers: Sequence[Peer], seq: int) -> list[bytes]:
+    """One SET_DEVICE message a peer: remove it, then add it again with the same configuration.
+
+    The kernel applies one message under the device's lock, removal first: the
+    re-created peer has no endpoint, no handshake and no counters.
+    """
+    out: list[bytes] = []
+    for peer in peers:
+        ops = [
+            nlwire.PeerOp(peer.public_key, nlwire.WGPEER_F_REMOVE_ME, None, None),
+            *nlwire.plan_ops(Plan(add=(peer,))),
+        ]
+        out.extend(
+            nlwire.encode_set_peers(
+                family, ifname, ops, seq=seq + len(out), max_message=nlwire.MAX_MESSAGE
+            )
+        )
+    return out
+
+
+class KernelScrubPort:
+    """The scrubber's view of a :class:`KernelBackend`."""
+
+    def __init__(self, backend: KernelBackend, *, clock: Clock = time.time) -> None:
+        self._backend = backend
+        self._clock = clock
+
+    @property
+    def interface(self) -> str:
+        return self._backend.interface
+
+    def idle_peers(self, idle_after: float) -> list[Peer]:
+        now = self._clock()
+        dec = self._backend.dump(lambda: ScrubDecoder(now), "scrub read")
+        return dec.idle_peers(idle_after)
+
+    def readd(self, peers: Sequence[Peer]) -> None:
+        if peers:
+            b = self._backend
+            b.send_messages(readd_messages(b.family, b.interface, peers, seq=0), "scrub")

@@ -56,7 +56,7 @@ def feed_document(
     version: str = "v1",
     expires: dict[bytes, str] | None = None,
 ) -> str:
-    """A full feed snapshot (DESIGN.md, "The feed") holding ``peers`` for ``interface``."""
+    """A full feed snapshot (docs/feed.md) holding ``peers`` for ``interface``."""
     items: list[dict[str, object]] = []
     for p in peers.values():
         item: dict[str, object] = {

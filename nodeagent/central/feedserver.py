@@ -1,7 +1,7 @@
 """Reference central feed server: accounts in, full snapshots, deltas and long-poll out.
 
 Good enough for the tests, the benchmarks and the demo, not for production.
-It serves DESIGN.md's feed protocol from an in-memory ``FeedStore``::
+It serves the feed protocol of docs/feed.md from an in-memory ``FeedStore``::
 
     GET /feed                     -> 200 full snapshot
     GET /feed?since=V&wait=S      -> 200 delta from V, or 304 after S seconds without

@@ -315,7 +315,7 @@ def _wireguard_interface(m: Map) -> WireguardInterfaceConfig:
     name = m.require("name", _ifname, "")
     backend: Literal["kernel", "userspace"] = m.get("backend", _backend, "kernel")
     # uapi_socket only matters for userspace, and the key, port and addresses only
-    # with create: true; elsewhere they are checked but unused (DESIGN.md's example
+    # with create: true; elsewhere they are checked but unused (the example configuration's
     # lists them all on one interface).
     uapi_socket = m.get("uapi_socket", _socket_path, f"/var/run/wireguard/{name}.sock")
     create = m.get("create", boolean, False)

@@ -1,6 +1,6 @@
 """Feed deltas: parse and validate a delta document, apply it to a ``DesiredState``.
 
-A delta (DESIGN.md, "The feed") has ``"full": false``, ``"since"`` (the version
+A delta (docs/feed.md) has ``"full": false``, ``"since"`` (the version
 it applies to), a new ``"version"``, and per interface ``"upsert"`` (peers, in
 the snapshot's peer format) and ``"remove"`` (public keys); for OpenVPN
 ``"upsert"`` (users) and ``"remove"`` (usernames).

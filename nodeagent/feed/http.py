@@ -1,4 +1,4 @@
-"""The HTTP feed client: full snapshots, deltas and long-poll (DESIGN.md, "The feed").
+"""The HTTP feed client: full snapshots, deltas and long-poll (docs/feed.md).
 
 ``HttpFeed.next(current)`` waits until the central service has a state newer
 than ``current`` and returns it, validated. It never raises for a fault of the

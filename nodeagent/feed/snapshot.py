@@ -1,6 +1,6 @@
 """The account feed: parsing and all-or-nothing validation of feed documents.
 
-``parse_snapshot`` turns a full snapshot (DESIGN.md, "The feed") into a
+``parse_snapshot`` turns a full snapshot (docs/feed.md) into a
 ``DesiredState`` or raises ``FeedError``. Error messages name the position of
 the problem (``wireguard.wg0.peers[12].allowed_ips[0]``), never the offending
 value: a rejected document may hold real keys and addresses.

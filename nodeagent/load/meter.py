@@ -12,7 +12,7 @@ new reading becomes the baseline. The average is taken over the time that
 was measured, so a dropped interval neither pulls the figure down nor shows
 as a spike.
 
-Published figures are coarse on purpose (DESIGN.md, privacy invariant 4): the
+Published figures are coarse on purpose (README, "Privacy"): the
 rx/tx rates are rounded to ``resolution_percent`` of capacity and the link
 percentage is derived from those rounded rates, so the two always agree and
 neither can follow one customer's traffic on a quiet server.

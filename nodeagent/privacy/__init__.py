@@ -1,4 +1,4 @@
 """The no-logs promise in code: idle-endpoint scrubbing and the host audit.
 
-Log redaction lives in ``nodeagent.logs``; see DESIGN.md, "Privacy invariants".
+Log redaction for the whole process (logs), the scrubber pass (scrub), the host audit (audit).
 """

@@ -7,7 +7,7 @@ default process/platform collectors of the global registry out, so the
 exposition is exactly what this file lists.
 
 Labels are interface names and operation kinds, never anything about a peer:
-a label per peer would be a per-user time series (DESIGN.md, privacy 1).
+a label per peer would be a per-user time series (README, "Privacy").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Signed push of the status document to the status collector (DESIGN.md, "Push").
+"""Signed push of the status document to the status collector (docs/push.md).
 
 ``POST {url}`` with the document as body and three headers: the node's name,
 the unix time in whole seconds, and ``sha256=<hex HMAC-SHA256 of

@@ -1,4 +1,4 @@
-"""The status document (DESIGN.md, "Status document"): what ``/status`` serves and push sends.
+"""The status document (docs/status.md): what ``/status`` serves and push sends.
 
 Pure: the caller passes the time and the load report. The document holds the
 node's name, the agent's version and aggregate load figures only; nothing in

@@ -1,6 +1,6 @@
 """The daemon's scrubber with the real thresholds: an idle client's endpoint is wiped in time.
 
-This takes about three and a half minutes on purpose: DESIGN.md's floor is
+This takes about three and a half minutes on purpose: the documented floor is
 180 s of silence (WireGuard's REJECT_AFTER_TIME), and a test that shortened it
 would prove nothing about the configuration operators actually run.
 """

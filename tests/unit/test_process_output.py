@@ -102,7 +102,7 @@ def test_hostile_http_requests_leave_no_origin_or_traceback(tmp_path: Path) -> N
 SCRIPT = textwrap.dedent(
     """
     import asyncio, logging, sys, threading, warnings
-    from nodeagent.logs import protect_process, setup_logging, loop_exception_handler
+    from nodeagent.privacy.logs import protect_process, setup_logging, loop_exception_handler
     protect_process()
     setup_logging("debug", "text")
     KEY = {key!r}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from collections.abc import Collection
 
 from nodeagent.config.agent import LoadConfig
@@ -24,18 +24,20 @@ async def test_counters_are_dated_at_the_read_not_when_the_loop_resumes() -> Non
     at the read, the rate is exactly 8 Mbit/s; dated at the resumption, it
     would be 10 MB over 15 s.
     """
-    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
     now = [0.0]
+    second_read = [False]
 
-    def busy_loop() -> None:
-        now[0] += 5.0
+    def clock() -> float:
+        # After the second read the loop is busy for 5 s: only the loop thread sees that.
+        # (A callback that moved a shared clock raced the worker thread's own clock read.)
+        busy = second_read[0] and threading.get_ident() == loop_thread
+        return now[0] + (5.0 if busy else 0.0)
 
     class Reader:
         def read(self, names: Collection[str]) -> dict[str, LinkCounters]:
             now[0] += 10.0
-            if now[0] > 10.0:
-                # Queued before the thread's result: runs before the sampler resumes.
-                loop.call_soon_threadsafe(busy_loop)
+            second_read[0] = now[0] > 10.0
             return {"eth0": LinkCounters(2, int(now[0] * 1_000_000), 0)}
 
         def close(self) -> None:
@@ -45,10 +47,10 @@ async def test_counters_are_dated_at_the_read_not_when_the_loop_resumes() -> Non
         LoadConfig(("eth0",), 10**9, 1.0, 60.0, 0.1),
         reader=Reader(),  # type: ignore[arg-type]
         cpu=Cpu(),  # type: ignore[arg-type]
-        clock=lambda: now[0],
+        clock=clock,
     )
     await sampler.sample_once()
     report = await sampler.sample_once()
     assert report.rx_bps == 8_000_000, report
-    assert now[0] == 25.0  # the loop was busy until 25
+    assert clock() == 25.0  # the loop was busy until 25
     assert sampler.last_sample_at == 20.0

@@ -1,4 +1,4 @@
-"""Verification of a signed push (DESIGN.md, "Push"). Pure: the caller passes the time.
+"""Verification of a signed push (docs/push.md). Pure: the caller passes the time.
 
 Order matters: the signature is checked before anything else about the
 request is believed, so an unauthenticated sender learns nothing from the

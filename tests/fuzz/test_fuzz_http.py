@@ -112,7 +112,7 @@ SCHEMA = schemathesis.openapi.from_path(REPO / "docs" / "http-api.yaml")
 cases = st.one_of(SCHEMA.as_strategy(), SCHEMA.as_strategy(generation_mode=GenerationMode.NEGATIVE))
 
 
-@target(120, round_examples=500)
+@target(120, round_examples=200)
 @given(case=cases, with_token=st.booleans())
 def test_conforms_to_description(
     live: LiveServer, case: schemathesis.Case, with_token: bool
@@ -286,7 +286,7 @@ def assert_up(live: LiveServer) -> None:
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nok\n"), reply[:200]
 
 
-@target(150, round_examples=400)
+@target(150, round_examples=200)
 @given(raw_requests())
 def test_raw_requests(live: LiveServer, request: bytes) -> None:
     reply = exchange(live.port, request)

@@ -141,13 +141,15 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     Quiet means 0.1 s without a byte; then the sending side is closed and the
     rest read until the server hangs up. (aiohttp drops a connection whose
     client half-closed before it answered, so closing at once would hide answers.)
+    A server that stops reading (back pressure) or keeps the connection past
+    ``timeout`` ends the exchange too: what counts is that it answers the next one.
     """
     chunks: list[bytes] = []
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         # The server may answer and hang up before it read everything (a 400 to a huge header).
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
             s.sendall(data)
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
             s.settimeout(0.1)
             with contextlib.suppress(TimeoutError):
                 while chunk := s.recv(1 << 16):

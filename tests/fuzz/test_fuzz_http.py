@@ -282,8 +282,11 @@ def raw_requests(draw: st.DrawFn) -> bytes:
 
 
 def assert_up(live: LiveServer) -> None:
+    # A generous timeout: on a loaded 2-core machine a live server may take seconds.
     reply = exchange(
-        live.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        live.port,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        timeout=30,
     )
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nok\n"), reply[:200]
 

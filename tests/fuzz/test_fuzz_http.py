@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
+import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -70,7 +73,7 @@ def _sources() -> Sources:
             ready=True,
         )
 
-    ready = itertools.cycle([None, "first_reconcile_pending", None, "feed_stale"])
+    ready = itertools.cycle([None, "first_reconcile_pending", None, "feed_stale age_s=42"])
     return Sources(
         status=status,
         registry=make_registry(snapshot),
@@ -125,6 +128,29 @@ def test_conforms_to_description(
         base_url=live.url, headers=token, timeout=10, excluded_checks=[not_a_server_error]
     )
     assert response.status_code < 500 or (response.status_code, case.path) == (503, "/readyz")
+    check_text(case.path, response.status_code, response.headers, response.content)
+
+
+DESCRIPTION = yaml.safe_load((REPO / "docs" / "http-api.yaml").read_text())
+
+
+def check_text(path: str, status: int, headers: Mapping[str, Any], body: bytes) -> None:
+    """A text/plain answer matches its description (schemathesis checks JSON bodies only)."""
+    answer = DESCRIPTION["paths"][path]["get"]["responses"].get(str(status))
+    if answer is None:
+        return
+    if "$ref" in answer:
+        answer = DESCRIPTION["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+    schema = answer.get("content", {}).get("text/plain", {}).get("schema")
+    if schema is None:
+        return
+    text = body.decode()
+    if "enum" in schema:
+        assert text in schema["enum"], (path, status, text)
+    if "pattern" in schema:
+        # JSON Schema's $ is the end of the text; Python's also matches before a last newline.
+        pattern = schema["pattern"].removesuffix("$") + r"\Z"
+        assert re.search(pattern, text), (path, status, text)
 
 
 def test_description_covers_every_route(live: LiveServer) -> None:

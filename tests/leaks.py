@@ -326,7 +326,11 @@ def run_agent(site: Site, tmp_path: Path, argv_head: list[str], env: dict[str, s
                      "PYTHONPATH": os.getcwd(), "PYTHONFAULTHANDLER": "1", **env},
             )  # fmt: skip
         try:
-            wait_for(lambda: converged(site))
+            try:
+                wait_for(lambda: converged(site))
+            except AssertionError:
+                tail = log_path.read_bytes()[-6000:].decode(errors="replace")
+                raise AssertionError(f"the agent did not converge; its log ends:\n{tail}") from None
             for c in site.clients:
                 assert c.ping().returncode == 0, "every client passes traffic"
             shown = site.show_endpoints()

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -104,12 +104,40 @@ def make_app(sources: Sources, token: Callable[[], bytes | None] = lambda: None)
 
         return handler
 
+    routes = {
+        "/status": status,
+        "/metrics": metrics,
+        "/healthz": probe(sources.health),
+        "/readyz": probe(sources.ready),
+    }
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        # Every other request is answered here rather than by aiohttp's own 404 and 405,
+        # so that it too passes _expect (aiohttp runs the route's expect handler first).
+        if request.path in routes:
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        raise web.HTTPNotFound()
+
     app = web.Application(middlewares=[auth])
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", probe(sources.health))
-    app.router.add_get("/readyz", probe(sources.ready))
+    for path, handler in routes.items():
+        app.router.add_get(path, handler, expect_handler=_expect)
+    app.router.add_route("*", "/{tail:.*}", elsewhere, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other value is a 417 quoting nothing.
+
+    aiohttp's own handler quotes the value in its 417, and building that answer
+    fails on a value that is not UTF-8 (``Expect: \\x80``): a 500 (aiohttp 3.14).
+    """
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's body has not started
+    else:
+        raise web.HTTPExpectationFailed(text="unknown Expect\n")
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -6,14 +6,17 @@ exception that escaped before.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from nodeagent.config.agent import ConfigError, load_config
+from nodeagent.config.agent import ConfigError, HTTPConfig, load_config
 from nodeagent.core.backend import BackendError
 from nodeagent.load.counters import decode_dump, parse_links
+from nodeagent.publish.http import HttpServer, HttpSettings, Sources
 from nodeagent.wireguard.netlink import codec as nlwire
 from nodeagent.wireguard.uapi import idle as uapi_idle
 from nodeagent.wireguard.uapi import text as uapi_text
@@ -174,3 +177,22 @@ def test_link_stats_too_short_are_skipped() -> None:
     body = struct.pack("=BBHiII", 0, 0, 1, 2, 0, 0) + _nla(3, b"eth0\0") + _nla(23, bytes(8))
     dump = struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
     assert parse_links(decode_dump(dump), {"eth0"}) == {}
+
+
+# --- HTTP requests --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line", [b"GET /status", b"GET /healthz", b"POST /status", b"GET /nowhere"]
+)
+async def test_http_expect_not_utf8_is_417(line: bytes) -> None:
+    # Was a 500: aiohttp's own Expect handler quotes the value, and fails on non-UTF-8.
+    sources = Sources(lambda: b"{}", CollectorRegistry(), lambda: None, lambda: None)
+    config = HTTPConfig(listen=("127.0.0.1:0",), token_file=None, tls=None)
+    async with HttpServer(sources, HttpSettings(config, None, None)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.ports[0])
+        writer.write(line + b" HTTP/1.1\r\nHost: x\r\nExpect: \x80\r\nConnection: close\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+    assert status.startswith(b"HTTP/1.1 417 ")

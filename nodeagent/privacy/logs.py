@@ -128,7 +128,10 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     ``level`` applies to the agent's own loggers; libraries log warnings and
     worse only. The root logger's other handlers (a test's capture) are kept.
     """
-    handler = _AgentHandler(sys.stderr)
+    # Records are redacted by the filter: behind protect_process() they skip the
+    # stream's second pass and go straight to the real stderr.
+    stream = sys.stderr
+    handler = _AgentHandler(stream.inner if isinstance(stream, RedactingStream) else stream)
     handler.addFilter(RedactFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -157,38 +160,38 @@ class RedactingStream(io.TextIOBase):
 
     def __init__(self, inner: TextIO) -> None:
         super().__init__()
-        self._inner = inner
+        self.inner = inner
         self._pending = ""
         self._lock = threading.Lock()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self._inner, "encoding", "utf-8")
+        return getattr(self.inner, "encoding", "utf-8")
 
     def writable(self) -> bool:
         return True
 
     def isatty(self) -> bool:
-        return self._inner.isatty()
+        return self.inner.isatty()
 
     def fileno(self) -> int:
-        return self._inner.fileno()
+        return self.inner.fileno()
 
     def write(self, text: str) -> int:
         with self._lock:
             data = self._pending + text
             head, newline, self._pending = data.rpartition("\n")
             if newline:
-                self._inner.write(redact(head + newline))
-                self._inner.flush()
+                self.inner.write(redact(head + newline))
+                self.inner.flush()
         return len(text)
 
     def flush(self) -> None:
         with self._lock:
             if self._pending:
-                self._inner.write(redact(self._pending))
+                self.inner.write(redact(self._pending))
                 self._pending = ""
-            self._inner.flush()
+            self.inner.flush()
 
 
 _crash_log = logging.getLogger(OWN + ".process")

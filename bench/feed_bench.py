@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodeagent.central.feedserver import FeedServer, FeedStore
+from nodeagent.central.feedserver import FeedServer
+from nodeagent.central.feedstore import FeedStore
 from nodeagent.config.agent import FeedConfig
 from nodeagent.core.model import DesiredState, format_key
 from nodeagent.core.sync import sync_interface

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.central.feedserver import FeedStore
+from nodeagent.central.feedstore import FeedStore
 from nodeagent.core.model import AllowedIP, DesiredState, format_key
 from nodeagent.feed.delta import DeltaMismatch, apply_delta, apply_document, parse_delta
 from nodeagent.feed.snapshot import FeedError, parse_snapshot

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.central.feedserver import Fault, FeedServer, FeedStore
+from nodeagent.central.feedserver import Fault, FeedServer
+from nodeagent.central.feedstore import FeedStore
 from nodeagent.config.agent import FeedConfig
 from nodeagent.core.model import DesiredState, format_key
 from nodeagent.feed.http import HttpFeed

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from nodeagent.privacy.audit import DEFAULT_CONFIG, audit
+from nodeagent.privacy.audit_report import report_lines
 
 EX_OK, EX_FINDINGS, EX_USAGE = 0, 1, 2
 
@@ -24,9 +25,8 @@ def run(config: str, root: str, out: TextIO | None = None) -> int:
     """Audit, print, and return the exit code."""
     out = out or sys.stdout
     findings = audit(root, config)
-    for f in findings:
-        print(f.render(), file=out)
-    print(f"audit: {len(findings)} finding(s)", file=out)
+    for line in report_lines(findings):
+        print(line, file=out)
     return EX_FINDINGS if findings else EX_OK
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from nodeagent.cli.audit import main, run
+from nodeagent.privacy import audit_checks as checks
 from nodeagent.privacy.audit import audit
+from nodeagent.privacy.audit_checks import ConntrackFacts, HostFile, JournaldFacts
 from nodeagent.privacy.netfilter import CommandFailed, iptables_log_chains, nft_log_chains
 
 CONFIG = "/etc/nodeagent/config.yaml"
@@ -189,6 +191,21 @@ def test_output_never_quotes_file_contents(tmp_path: Path) -> None:
     out = io.StringIO()
     assert run(CONFIG, str(root), out) == 1
     assert "198.51.100.7" not in out.getvalue()
+
+
+def test_checks_decide_over_facts_without_a_tree() -> None:
+    """The pure half of the audit: the same decisions from facts, with no file system."""
+    volatile = HostFile("/etc/systemd/journald.conf", "[Journal]\nStorage=volatile\n")
+    drop_in = HostFile("/etc/systemd/journald.conf.d/x.conf", "[Journal]\nStorage=persistent\n")
+    assert checks.journald_findings(JournaldFacts([volatile], journal_dir=True)) == []
+    (f,) = checks.journald_findings(JournaldFacts([volatile, drop_in], journal_dir=False))
+    assert (f.code, f.where) == ("journald-persistent", drop_in.where)
+    sysctl = [HostFile("/etc/sysctl.d/9.conf", "net/netfilter/nf_conntrack_acct = 1\n")]
+    facts = ConntrackFacts(acct="0\n", log_invalid="", sysctl_files=sysctl, loggers=())
+    assert [(f.code, f.where) for f in checks.conntrack_findings(facts)] == [
+        ("conntrack-acct", "/etc/sysctl.d/9.conf")
+    ]
+    assert checks.dynamic_debug_findings(None) == []
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

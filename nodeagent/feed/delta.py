@@ -20,16 +20,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from nodeagent.core.model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_key
-from nodeagent.feed.snapshot import (
-    USERNAME,
-    FeedError,
-    decode_json,
-    document_version,
-    interface_name,
-    parse_peer,
-    parse_users,
-    snapshot_from_doc,
-)
+from nodeagent.feed.document import FeedError, decode_json, document_version
+from nodeagent.feed.peers import interface_name, parse_peers
+from nodeagent.feed.snapshot import USERNAME, parse_users, snapshot_from_doc
 
 __all__ = [
     "Applied",
@@ -100,34 +93,21 @@ def _change_object(where: str, raw: Any) -> tuple[list[Any], list[Any]]:
 def _interface_delta(name: str, raw: Any) -> InterfaceDelta:
     where = f"wireguard.{name}"
     upsert_raw, remove_raw = _change_object(where, raw)
-    upsert: list[tuple[Peer, datetime | None]] = []
-    seen: set[bytes] = set()
-    owner: dict[AllowedIP, int] = {}
-    for i, item in enumerate(upsert_raw):
-        peer, expiry = parse_peer(f"{where}.upsert[{i}]", item)
-        if peer.public_key in seen:
-            raise FeedError(f"{where}.upsert[{i}].public_key: duplicate public key")
-        seen.add(peer.public_key)
-        for ip in peer.allowed_ips:
-            first = owner.setdefault(ip, i)
-            if first != i:
-                raise FeedError(
-                    f"{where}.upsert[{i}].allowed_ips: an allowed IP of upsert[{first}] again"
-                )
-        upsert.append((peer, expiry))
+    peers, expires = parse_peers(where, "upsert", upsert_raw)
+    upsert = tuple((peer, expires.get(k)) for k, peer in peers.items())
     remove: set[bytes] = set()
     for j, text in enumerate(remove_raw):
         try:
             k = parse_key(text)
         except ValueError:
             raise FeedError(f"{where}.remove[{j}]: not 32 bytes of base64") from None
-        if k in seen:
+        if k in peers:
             # Both upserted and removed: the document contradicts itself.
             raise FeedError(f"{where}.remove[{j}]: also in upsert")
         if k in remove:
             raise FeedError(f"{where}.remove[{j}]: duplicate public key")
         remove.add(k)
-    return InterfaceDelta(tuple(upsert), frozenset(remove))
+    return InterfaceDelta(upsert, frozenset(remove))
 
 
 def _users_delta(raw: Any) -> tuple[dict[str, User], frozenset[str]]:

@@ -42,6 +42,7 @@ import aiohttp
 
 from nodeagent.config.agent import FeedConfig
 from nodeagent.config.secretfile import read_secret
+from nodeagent.core.backoff import Backoff, Retries
 from nodeagent.core.model import DesiredState
 from nodeagent.feed.delta import Applied, DeltaMismatch, apply_document
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
@@ -147,12 +148,11 @@ class HttpFeed:
         self._factory: SessionFactory = session_factory or (lambda: make_session(config))
         self._session: aiohttp.ClientSession | None = None
         self._sleep = sleep
-        self._rand = rand
         self._clock = clock
         self._margin = timeout_margin
         self._full_timeout = full_timeout
-        self._backoff_min, self._backoff_max = backoff_min, backoff_max
-        self._backoff = backoff_min
+        # Equal jitter, doubling from backoff_min to backoff_max (core.backoff).
+        self._retries = Retries(Backoff(backoff_min, backoff_max), rand)
         self._min_interval = min_interval
         self._on_rejected = on_rejected
         self._want_full = False
@@ -269,7 +269,7 @@ class HttpFeed:
             self.stats.last_success = self._clock()
             self._rejected(False)
         self.stats.consecutive_errors = 0
-        self._backoff = self._backoff_min
+        self._retries.succeeded()
 
     def _rejected(self, value: bool) -> None:
         if value != self.stats.rejected:
@@ -280,10 +280,7 @@ class HttpFeed:
     async def _failed(self, e: FeedFetchError) -> None:
         self.stats.errors[e.kind] += 1
         self.stats.consecutive_errors += 1
-        # Equal jitter: at least half the step, so a fleet that failed together spreads out
-        # without any node retrying at once.
-        delay = self._backoff / 2 + self._rand() * self._backoff / 2
-        self._backoff = min(self._backoff * 2, self._backoff_max)
+        delay = self._retries.failed()
         reason = ""
         if isinstance(e.__cause__, FeedError):
             reason = f" reason={e.__cause__}"

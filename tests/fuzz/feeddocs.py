@@ -17,6 +17,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from nodeagent.core.model import KEY_LEN, DesiredState, format_key
+from nodeagent.core.names import is_interface_name
 from nodeagent.feed.snapshot import USERNAME, parse_snapshot
 from tests.peerdata import key
 
@@ -309,7 +310,8 @@ def check_state(state: DesiredState) -> None:
     """Every rule of "The feed" holds for ``state``, and it survives re-encoding unchanged."""
     assert isinstance(state, DesiredState)
     assert isinstance(state.version, str) and 0 < len(state.version) <= 256
-    for iface in state.wireguard.values():
+    for name, iface in state.wireguard.items():
+        assert is_interface_name(name)
         owner: dict[object, bytes] = {}
         assert iface.expires.keys() <= iface.peers.keys()
         for k, p in iface.peers.items():

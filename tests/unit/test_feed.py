@@ -70,6 +70,15 @@ BAD = [
         json.dumps({"version": "1", "full": True, "wireguard": {K1: {"peers": []}}}),
         "not a valid interface name",
     ),
+    *[
+        (
+            f"interface name {name!r}",
+            json.dumps({"version": "1", "full": True, "wireguard": {name: {"peers": []}}}),
+            "not a valid interface name",
+        )
+        # The rules of core.names, the configuration's too: "." and ".." are refused.
+        for name in (".", "..", "", "wg/0", "wg 0", "wg-0123456789abc", "wg0:1", "wgé")
+    ],
     ("short key", doc([{"public_key": "AAAA"}]), "peers[0].public_key"),
     ("hex key", doc([{"public_key": key("f", 1).hex()}]), "peers[0].public_key"),
     ("bad psk", doc([{"public_key": K1, "preshared_key": K1[:-2]}]), "preshared_key"),

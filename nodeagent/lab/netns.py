@@ -2,8 +2,9 @@
 
 Everything is driven through ``ip`` and ``wireguard-go`` as an operator would,
 needs root, and is torn down by :class:`Lab` even when a step fails half-way.
-WireGuard's UAPI sockets live in ``/var/run/wireguard`` whatever the namespace,
-so interface names must be unique on the host: :func:`unique_name` makes them.
+WireGuard's UAPI sockets live in one directory (``core.names.UAPI_SOCKET_DIR``)
+whatever the namespace, so interface names must be unique on the host:
+:func:`unique_name` makes them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Self
 
+from nodeagent.core.names import (
+    MAX_INTERFACE_NAME,
+    UAPI_SOCKET_DIR,
+    interface_name_problem,
+    uapi_socket_path,
+)
 from nodeagent.wireguard.uapi import text as uapi_text
-from nodeagent.wireguard.uapi.backend import default_socket_path, exchange
+from nodeagent.wireguard.uapi.backend import exchange
 
-IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
 _WG_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
 
 
@@ -50,8 +56,8 @@ def missing_prerequisites() -> list[str]:
 
 
 def unique_name(prefix: str) -> str:
-    """``prefix`` plus random hex, at most IFNAMSIZ characters: safe for links and sockets."""
-    room = IFNAMSIZ - len(prefix)
+    """``prefix`` plus random hex, at most the kernel's limit: safe for links and sockets."""
+    room = MAX_INTERFACE_NAME - len(prefix)
     if room < 4:
         raise ValueError("name prefix too long for a unique interface name")
     return prefix + secrets.token_hex(4)[: min(room, 8)]
@@ -204,11 +210,12 @@ class WireguardGo:
     """One wireguard-go daemon in the foreground, owning a tun link inside a namespace."""
 
     def __init__(self, name: str, namespace: Namespace) -> None:
-        if len(name) > IFNAMSIZ:
-            raise ValueError("interface name longer than IFNAMSIZ")
+        problem = interface_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"interface name {problem}")
         self.name = name
         self.namespace = namespace
-        self.socket_path = default_socket_path(name)
+        self.socket_path = uapi_socket_path(name)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> Self:
@@ -430,13 +437,13 @@ def tunnel_pair(lab: Lab, *, server_port: int = 51820) -> TunnelPair:
 def iter_stale_sockets(prefixes: Sequence[str]) -> Iterator[str]:
     """UAPI sockets left by lab daemons (names starting with ``prefixes``) that nobody answers."""
     try:
-        entries = os.listdir("/var/run/wireguard")
+        entries = os.listdir(UAPI_SOCKET_DIR)
     except FileNotFoundError:
         return
     for entry in entries:
         if not entry.endswith(".sock") or not entry.startswith(tuple(prefixes)):
             continue
-        path = f"/var/run/wireguard/{entry}"
+        path = f"{UAPI_SOCKET_DIR}/{entry}"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             try:
                 s.connect(path)

@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer, Plan
+from nodeagent.core.names import interface_name_problem
 
 # Netlink.
 NLMSG_ERROR = 2
@@ -65,8 +66,6 @@ WGPEER_F_UPDATE_ONLY = 4
 WGALLOWEDIP_A_FAMILY = 1
 WGALLOWEDIP_A_IPADDR = 2
 WGALLOWEDIP_A_CIDR_MASK = 3
-
-IFNAMSIZ = 16
 
 NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 GENL_HDR = struct.Struct("=BBH")  # command, version, reserved
@@ -129,10 +128,12 @@ def _attr(atype: int, payload: bytes) -> bytes:
 
 
 def _ifname_attr(ifname: str) -> bytes:
-    raw = ifname.encode()
-    if not raw or len(raw) >= IFNAMSIZ or b"\0" in raw or b"/" in raw:
-        raise ValueError("bad interface name")
-    return _attr(WGDEVICE_A_IFNAME, raw + b"\0")
+    # The agent's own rules (core.names): ASCII, so one character is one byte
+    # and the name with its NUL fits the kernel's IFNAMSIZ.
+    problem = interface_name_problem(ifname)
+    if problem is not None:
+        raise ValueError(f"interface name {problem}")
+    return _attr(WGDEVICE_A_IFNAME, ifname.encode("ascii") + b"\0")
 
 
 def _sorted_ips(ips: Collection[AllowedIP]) -> list[AllowedIP]:

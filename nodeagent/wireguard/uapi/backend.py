@@ -22,23 +22,18 @@ from collections.abc import Callable, Sequence
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.core.names import uapi_socket_path
 from nodeagent.wireguard.link import ensure_addresses_up
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.idle import UapiScrubPort
 
 log = logging.getLogger(__name__)
 
-SOCKET_DIR = "/var/run/wireguard"
 _CHUNK = 1 << 18
 MAX_PEERS = 1 << 16
 
 #: Sends one request to a UAPI socket and returns the whole reply as text.
 Exchange = Callable[[str, bytes], str]
-
-
-def default_socket_path(interface: str) -> str:
-    """Where wireguard-go listens for ``interface``."""
-    return f"{SOCKET_DIR}/{interface}.sock"
 
 
 def _errno_name(code: int) -> str:
@@ -102,7 +97,7 @@ class UapiBackend:
         ``exchange_fn`` replaces the socket conversation (tests, instrumentation).
         """
         self._interface = interface
-        self.socket_path = socket_path or default_socket_path(interface)
+        self.socket_path = socket_path or uapi_socket_path(interface)
         self._netns = netns
         self._timeout = timeout
         self._exchange: Exchange = exchange_fn or self._tracked_exchange

@@ -314,6 +314,21 @@ CASES = [
         "is not an interface name",
     ),
     (
+        # The rules of core.names, the feed's too: characters the kernel would take are refused.
+        "interface name with a character outside the core rules",
+        MINIMAL
+        + "openvpn:\n  instances:\n    - management: /run/ovpn.sock\n"
+        + "      interface: tun@0  # <-\n",
+        "openvpn.instances[0].interface",
+        "'tun@0' is not an interface name: letters, digits and '_.=+-' only",
+    ),
+    (
+        "interface name of dots",
+        MINIMAL + "wireguard:\n  interfaces:\n    - name: '..'  # <-\n",
+        "wireguard.interfaces[0].name",
+        "is not an interface name",
+    ),
+    (
         "duplicate interface name",
         MINIMAL + "wireguard:\n  interfaces:\n    - name: wg0\n    - name: wg0  # <-\n",
         "wireguard.interfaces[1].name",

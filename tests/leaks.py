@@ -384,11 +384,11 @@ def _plant() -> None:
     """
     import logging
 
-    from nodeagent.daemon import agent
+    from nodeagent.daemon import reconcile
 
     mode = os.environ.get("NODEAGENT_PLANT_LEAK", "")
-    original = agent.sync_interface  # type: ignore[attr-defined]
-    log = logging.getLogger("nodeagent.daemon.agent")
+    original = reconcile.sync_interface  # type: ignore[attr-defined]
+    log = logging.getLogger("nodeagent.daemon.reconcile")
 
     def sync_interface(backend: Backend, *args: object, **kwargs: object) -> object:
         outcome = original(backend, *args, **kwargs)  # type: ignore[arg-type]
@@ -409,7 +409,7 @@ def _plant() -> None:
                 log.debug("peer endpoint=%s", endpoint)
         return outcome
 
-    agent.sync_interface = sync_interface  # type: ignore[attr-defined,assignment]
+    reconcile.sync_interface = sync_interface  # type: ignore[attr-defined,assignment]
 
 
 if __name__ == "__main__":

@@ -136,10 +136,12 @@ class HttpFeed:
         min_interval: float = MIN_INTERVAL,
         errors: Counter[str] | None = None,
         on_rejected: Callable[[bool], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         """``errors`` is the error counter to add to: a caller that replaces the client
         (a reload) passes the same one, so its totals never go backwards.
-        ``on_rejected`` is told whenever ``stats.rejected`` changes."""
+        ``on_rejected`` is told whenever ``stats.rejected`` changes, ``on_error``
+        of every failure, with its kind."""
         if config.url is None:
             raise ValueError("HttpFeed needs feed.url")
         self.config = config
@@ -155,6 +157,7 @@ class HttpFeed:
         self._retries = Retries(Backoff(backoff_min, backoff_max), rand)
         self._min_interval = min_interval
         self._on_rejected = on_rejected
+        self._on_error = on_error
         self._want_full = False
         # Version of the last rejected document: long-poll on it rather than refetching.
         self._watch: str | None = None
@@ -279,6 +282,8 @@ class HttpFeed:
 
     async def _failed(self, e: FeedFetchError) -> None:
         self.stats.errors[e.kind] += 1
+        if self._on_error is not None:
+            self._on_error(e.kind)
         self.stats.consecutive_errors += 1
         delay = self._retries.failed()
         reason = ""

@@ -4,9 +4,9 @@ The thin shell around the pure meter. Counter reads are blocking netlink
 calls and run in a worker thread; a failed read is counted and sampled as
 "unreadable" (the status turns degraded), never fatal to the task.
 
-A reload that changes the ``load`` section replaces the sampler; a
-:class:`SamplerCounts` shared by the old and the new one keeps the error count,
-a Prometheus counter, from going backwards.
+A reload that changes the ``load`` section replaces the sampler; each failed
+read is also reported to ``on_error``, so a count kept outside (a Prometheus
+counter) outlives the sampler.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from nodeagent.config.agent import LoadConfig
 from nodeagent.load.counters import CounterError, LinkCounters, LinkReader, link_speed_bps
@@ -24,14 +23,7 @@ from nodeagent.load.meter import LoadReport, Meter, MeterConfig, Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadSampler", "SamplerCounts"]
-
-
-@dataclass(slots=True)
-class SamplerCounts:
-    """Counts that outlive one sampler: a reload replaces the sampler, not the counts."""
-
-    errors: int = 0
+__all__ = ["LoadSampler"]
 
 
 class LoadSampler:
@@ -47,7 +39,7 @@ class LoadSampler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_report: Callable[[LoadReport], object] | None = None,
-        counts: SamplerCounts | None = None,
+        on_error: Callable[[], object] | None = None,
     ) -> None:
         self.config = config
         self.meter = Meter(MeterConfig.from_load(config))
@@ -58,13 +50,9 @@ class LoadSampler:
         self._sleep = sleep
         self._on_report = on_report
         self.links: Mapping[str, LinkCounters] = {}
-        self.counts = SamplerCounts() if counts is None else counts
+        self._on_error = on_error
+        self.errors = 0  # samples whose counters could not be read
         self.last_sample_at: float | None = None
-
-    @property
-    def errors(self) -> int:
-        """Samples whose counters could not be read."""
-        return self.counts.errors
 
     def _read(self) -> tuple[float, dict[str, LinkCounters], dict[str, int | None]]:
         """(when the counters were read, the counters, the links' speeds), in a worker thread.
@@ -90,7 +78,9 @@ class LoadSampler:
             now, links, speeds = await asyncio.to_thread(self._read)
         except CounterError as e:
             ok = False
-            self.counts.errors += 1
+            self.errors += 1
+            if self._on_error is not None:
+                self._on_error()
             log.warning("load_sample failed reason=%s", e)
             now = self._clock()
         sample = Sample(

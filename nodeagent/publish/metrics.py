@@ -1,31 +1,30 @@
-"""The agent's own Prometheus metrics, read from cached snapshots.
+"""The agent's own Prometheus metrics: instruments for events, one collector for state.
 
-A scrape never touches the kernel or the feed: :class:`AgentCollector` calls a
-``source`` that returns a :class:`MetricsSnapshot` of what the agent's tasks
-last recorded, and renders it. The agent's own ``CollectorRegistry`` keeps the
-default process/platform collectors of the global registry out, so the
-exposition is exactly what this file lists.
+Events (a reconcile pass, a peer operation, a refused feed, a push, a failed
+load sample, a service restart, a reload) are counted the moment they happen
+with client_python's own ``Counter`` and ``Histogram``, on the agent's own
+``CollectorRegistry``. What mirrors state (the published load, the uplinks' own
+byte counters, the peers on each interface, what the guards hold back, the
+feed's age, readiness, which services run) is rendered at scrape time by one
+custom collector, :class:`StateCollector`, from a :class:`MirroredState` the
+agent assembles from cached values: a scrape never touches the kernel or the
+feed. The process collector adds resident memory, CPU time and open files.
 
-Labels are interface names and operation kinds, never anything about a peer:
-a label per peer would be a per-user time series (README, "Privacy").
+Labels are interface names, operation kinds, problem codes and service names,
+never anything about a peer: a label per peer would be a per-user time series
+(README, "Privacy").
 """
 
 from __future__ import annotations
 
-import bisect
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from nodeagent import __version__
@@ -34,12 +33,14 @@ from nodeagent.load.meter import LoadReport
 
 __all__ = [
     "DURATION_BUCKETS",
-    "AgentCollector",
-    "MetricsSnapshot",
-    "ReconcileStats",
-    "ReconcileTotals",
-    "make_registry",
+    "AgentMetrics",
+    "MirroredState",
+    "StateCollector",
+    "feed_age",
 ]
+
+# No ``*_created`` series: a counter's creation time says nothing an operator needs.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # A reconcile ranges from a millisecond (nothing to do) to tens of seconds (a
 # first load of 20,000 peers through a userspace daemon).
@@ -47,22 +48,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 OPERATIONS = ("added", "updated", "removed")
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcileTotals:
-    """Cumulative reconcile figures of one interface."""
-
-    passes: int = 0
-    bucket_counts: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
-    seconds_sum: float = 0.0
-    operations: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(OPERATIONS, 0))
-    peers: int | None = None
-    # As of the last pass: what the removal guard and the peer limit held back.
-    held_removals: int = 0
-    held_additions: int = 0
-
-
 class _Outcome(Protocol):
-    """The shape ``ReconcileStats.record`` reads; ``sync.SyncOutcome`` has it."""
+    """The shape :meth:`AgentMetrics.record` reads; ``sync.SyncOutcome`` has it."""
 
     @property
     def interface(self) -> str: ...
@@ -73,108 +60,127 @@ class _Outcome(Protocol):
     @property
     def removed(self) -> int: ...
     @property
-    def unchanged(self) -> int: ...
-    @property
     def ms(self) -> float: ...
-    @property
-    def peer_count(self) -> int: ...
-    @property
-    def held_removals(self) -> int: ...
-    @property
-    def held_additions(self) -> int: ...
-
-
-class ReconcileStats:
-    """Accumulates reconcile outcomes; the reconcile thread writes, scrapes read copies.
-
-    Takes anything shaped like ``sync.SyncOutcome``.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._totals: dict[str, ReconcileTotals] = {}
-
-    def record(self, outcome: _Outcome) -> None:
-        """Count one successful pass over one interface."""
-        seconds = outcome.ms / 1000
-        with self._lock:
-            old = self._totals.get(outcome.interface, ReconcileTotals())
-            counts = list(old.bucket_counts)
-            counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-            ops = dict(old.operations)
-            ops["added"] += outcome.added
-            ops["updated"] += outcome.updated
-            ops["removed"] += outcome.removed
-            self._totals[outcome.interface] = ReconcileTotals(
-                passes=old.passes + 1,
-                bucket_counts=tuple(counts),
-                seconds_sum=old.seconds_sum + seconds,
-                operations=ops,
-                # What the interface holds after the pass: kept, updated and new peers.
-                peers=outcome.peer_count,
-                held_removals=outcome.held_removals,
-                held_additions=outcome.held_additions,
-            )
-
-    def snapshot(self) -> dict[str, ReconcileTotals]:
-        with self._lock:
-            return dict(self._totals)
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSnapshot:
-    """Everything a scrape shows, as cached by the agent's tasks.
+class MirroredState:
+    """The state a scrape shows, as cached by the agent's services.
 
-    ``feed_age_seconds`` is None before a feed was ever loaded;
-    ``configured_peers`` overrides the per-interface counts that ``reconcile``
-    derives from the last pass (e.g. desired peers from the feed).
+    ``held`` maps an interface to (removals held back, additions over the
+    limit) as of its last pass; ``services`` maps each service to whether it runs.
     """
 
     load: LoadReport | None = None
     links: Mapping[str, LinkCounters] = field(default_factory=dict)
-    load_sample_errors: int = 0
-    reconcile: Mapping[str, ReconcileTotals] = field(default_factory=dict)
-    reconcile_passes: int = 0
-    reconcile_errors: int = 0
+    peers: Mapping[str, int] = field(default_factory=dict)
+    held: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     feed_age_seconds: float | None = None
-    feed_errors: int = 0
-    push_successes: int = 0
-    push_failures: int = 0
-    configured_peers: Mapping[str, int] = field(default_factory=dict)
     ready: bool = False
+    services: Mapping[str, bool] = field(default_factory=dict)
 
 
-class AgentCollector(Collector):
-    """Renders the snapshot that ``source`` returns; ``source`` must not block."""
+class AgentMetrics:
+    """The agent's registry and the instruments its services count events with.
 
-    def __init__(self, source: Callable[[], MetricsSnapshot]) -> None:
+    The instruments are thread-safe: the reconcile pass records from its worker thread.
+    """
+
+    def __init__(self, state: Callable[[], MirroredState], *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.reconcile_duration = Histogram(
+            "nodeagent_reconcile_duration_seconds",
+            "Time of one successful reconcile of one interface (read back, plan, apply).",
+            ["interface"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.peer_operations = Counter(
+            "nodeagent_reconcile_peer_operations",
+            "Peers added, updated and removed by reconciles.",
+            ["interface", "operation"],
+            registry=r,
+        )
+        self.reconcile_passes = Counter(
+            "nodeagent_reconcile_passes", "Reconcile passes that succeeded.", registry=r
+        )
+        self.reconcile_errors = Counter(
+            "nodeagent_reconcile_errors", "Reconcile passes that failed.", registry=r
+        )
+        self.feed_errors = Counter(
+            "nodeagent_feed_errors", "Feed documents rejected or unreadable.", registry=r
+        )
+        self.push_successes = Counter(
+            "nodeagent_push_successes", "Status pushes the collector accepted.", registry=r
+        )
+        self.push_failures = Counter(
+            "nodeagent_push_failures",
+            "Status pushes that failed (network error or refused by the collector).",
+            registry=r,
+        )
+        self.load_sample_errors = Counter(
+            "nodeagent_load_sample_errors",
+            "Load samples whose interface counters could not be read.",
+            registry=r,
+        )
+        self.service_restarts = Counter(
+            "nodeagent_service_restarts",
+            "Restarts of a service that failed (the daemon itself went on).",
+            ["service"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "nodeagent_config_reloads", "Configurations a reload took over.", registry=r
+        )
+        if process:
+            ProcessCollector(namespace="nodeagent", registry=r)
+        r.register(StateCollector(state))
+
+    def record(self, outcome: _Outcome) -> None:
+        """Count one successful pass over one interface."""
+        self.reconcile_duration.labels(outcome.interface).observe(outcome.ms / 1000)
+        for op in OPERATIONS:
+            self.peer_operations.labels(outcome.interface, op).inc(getattr(outcome, op))
+
+    def pushed(self, ok: bool) -> None:
+        (self.push_successes if ok else self.push_failures).inc()
+
+
+class StateCollector(Collector):
+    """Renders the :class:`MirroredState` that ``source`` returns; ``source`` must not block."""
+
+    def __init__(self, source: Callable[[], MirroredState]) -> None:
         self._source = source
 
     def describe(self) -> Iterable[Metric]:
         # Registration calls describe(); returning nothing here means the source is
-        # not asked for a snapshot before the agent has one.
+        # not asked for a state before the agent has one.
         return []
 
     def collect(self) -> Iterable[Metric]:
         snap = self._source()
         yield from _build_info()
-        yield from _load(snap)
+        yield from _load(snap.load)
         yield from _links(snap.links)
-        yield from _reconcile(snap)
-        yield from _feed(snap)
-        yield CounterMetricFamily(
-            "nodeagent_push_successes",
-            "Status pushes the collector accepted.",
-            value=snap.push_successes,
-        )
-        yield CounterMetricFamily(
-            "nodeagent_push_failures",
-            "Status pushes that failed (network error or refused by the collector).",
-            value=snap.push_failures,
-        )
+        yield from _interfaces(snap)
+        if snap.feed_age_seconds is not None:
+            yield GaugeMetricFamily(
+                "nodeagent_feed_age_seconds",
+                "Seconds since the feed last proved the held state current.",
+                value=snap.feed_age_seconds,
+            )
         yield GaugeMetricFamily(
-            "nodeagent_ready", "1 once the first reconcile succeeded.", value=int(snap.ready)
+            "nodeagent_ready", "1 while /readyz answers 200.", value=int(snap.ready)
         )
+        up = GaugeMetricFamily(
+            "nodeagent_service_up",
+            "1 while a service runs, 0 while it waits for its restart.",
+            labels=["service"],
+        )
+        for name in sorted(snap.services):
+            up.add_metric([name], int(snap.services[name]))
+        yield up
 
 
 def _build_info() -> Iterable[Metric]:
@@ -187,8 +193,7 @@ def _build_info() -> Iterable[Metric]:
     yield info
 
 
-def _load(snap: MetricsSnapshot) -> Iterable[Metric]:
-    report = snap.load
+def _load(report: LoadReport | None) -> Iterable[Metric]:
     gauges: list[tuple[str, str, float | None]] = []
 
     def per_byte(bps: int | None) -> float | None:
@@ -216,11 +221,6 @@ def _load(snap: MetricsSnapshot) -> Iterable[Metric]:
     for problem in report.problems if report is not None else ():
         degraded.add_metric([problem], 1)
     yield degraded
-    yield CounterMetricFamily(
-        "nodeagent_load_sample_errors",
-        "Load samples whose interface counters could not be read.",
-        value=snap.load_sample_errors,
-    )
 
 
 def _links(links: Mapping[str, LinkCounters]) -> Iterable[Metric]:
@@ -241,20 +241,10 @@ def _links(links: Mapping[str, LinkCounters]) -> Iterable[Metric]:
     yield tx
 
 
-def _reconcile(snap: MetricsSnapshot) -> Iterable[Metric]:
-    duration = HistogramMetricFamily(
-        "nodeagent_reconcile_duration_seconds",
-        "Time of one successful reconcile of one interface (read back, plan, apply).",
-        labels=["interface"],
-    )
-    ops = CounterMetricFamily(
-        "nodeagent_reconcile_peer_operations",
-        "Peers added, updated and removed by reconciles.",
-        labels=["interface", "operation"],
-    )
+def _interfaces(snap: MirroredState) -> Iterable[Metric]:
     peers = GaugeMetricFamily(
         "nodeagent_wireguard_peers",
-        "Peers configured on an interface (a count, never who).",
+        "Peers configured on an interface after its last pass (a count, never who).",
         labels=["interface"],
     )
     held_removals = GaugeMetricFamily(
@@ -267,56 +257,15 @@ def _reconcile(snap: MetricsSnapshot) -> Iterable[Metric]:
         "Peers not added in the last pass because the implementation takes no more.",
         labels=["interface"],
     )
-    peer_counts: dict[str, int] = {}
-    for name in sorted(snap.reconcile):
-        t = snap.reconcile[name]
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*DURATION_BUCKETS, float("inf")), t.bucket_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        duration.add_metric([name], buckets, t.seconds_sum)
-        for op in OPERATIONS:
-            ops.add_metric([name, op], t.operations.get(op, 0))
-        if t.peers is not None:
-            peer_counts[name] = t.peers
-        held_removals.add_metric([name], t.held_removals)
-        held_additions.add_metric([name], t.held_additions)
-    peer_counts.update(snap.configured_peers)
-    for name in sorted(peer_counts):
-        peers.add_metric([name], peer_counts[name])
-    yield duration
-    yield ops
+    for name in sorted(snap.peers):
+        peers.add_metric([name], snap.peers[name])
+    for name in sorted(snap.held):
+        removals, additions = snap.held[name]
+        held_removals.add_metric([name], removals)
+        held_additions.add_metric([name], additions)
     yield peers
     yield held_removals
     yield held_additions
-    yield CounterMetricFamily(
-        "nodeagent_reconcile_passes",
-        "Reconcile passes that succeeded.",
-        value=snap.reconcile_passes,
-    )
-    yield CounterMetricFamily(
-        "nodeagent_reconcile_errors", "Reconcile passes that failed.", value=snap.reconcile_errors
-    )
-
-
-def _feed(snap: MetricsSnapshot) -> Iterable[Metric]:
-    if snap.feed_age_seconds is not None:
-        yield GaugeMetricFamily(
-            "nodeagent_feed_age_seconds",
-            "Seconds since the feed was last loaded successfully.",
-            value=snap.feed_age_seconds,
-        )
-    yield CounterMetricFamily(
-        "nodeagent_feed_errors", "Feed documents rejected or unreadable.", value=snap.feed_errors
-    )
-
-
-def make_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:
-    """A fresh registry holding only the agent's collector (no global default collectors)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(source))
-    return registry
 
 
 def feed_age(loaded_at: float | None, now: Callable[[], float] = time.time) -> float | None:

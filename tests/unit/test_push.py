@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 
 from nodeagent.central.collector.verify import Refused, ReplayGuard, verify_push
+from nodeagent.core.backoff import Backoff
 from nodeagent.load.meter import LoadReport
-from nodeagent.publish.push import Backoff, Pusher, sign, signed_headers
+from nodeagent.publish.push import Pusher, sign, signed_headers
 from nodeagent.publish.status import StatusBoard
 
 SECRET = b"node-secret-0123456789"

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 
 from nodeagent import __version__
 from nodeagent.cli.status import main_status, render
@@ -26,7 +27,7 @@ from nodeagent.core.sync import SyncOutcome
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.meter import PROBLEM_INTERFACE_MISSING, LoadReport
 from nodeagent.publish.http import HttpServer, Sources, make_app
-from nodeagent.publish.metrics import MetricsSnapshot, ReconcileStats, make_registry
+from nodeagent.publish.metrics import AgentMetrics, MirroredState
 from nodeagent.publish.status import StatusBoard, encode, status_document
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
@@ -79,31 +80,35 @@ class State:
     def __init__(self) -> None:
         self.board = StatusBoard("nl-ams-01", __version__, clock=lambda: T0)
         self.board.update(REPORT)
-        self.reconcile = ReconcileStats()
-        self.reconcile.record(SyncOutcome("wg0", 20_000, 0, 0, 0, 8_500.0))
-        self.reconcile.record(SyncOutcome("wg0", 3, 1, 2, 19_997, 12.0))
+        self.metrics = AgentMetrics(self.snapshot)
+        first = SyncOutcome("wg0", 20_000, 0, 0, 0, 8_500.0)
+        second = SyncOutcome("wg0", 3, 1, 2, 19_997, 12.0)
+        for outcome in (first, second):
+            self.metrics.record(outcome)
+            self.metrics.reconcile_passes.inc()
+        self.metrics.reconcile_errors.inc()
+        self.metrics.feed_errors.inc(3)
+        self.metrics.push_successes.inc(10)
+        self.metrics.push_failures.inc(2)
         self.snapshots = 0
         self.ready_reason: str | None = "first_reconcile_pending"
 
-    def snapshot(self) -> MetricsSnapshot:
+    def snapshot(self) -> MirroredState:
         self.snapshots += 1
-        return MetricsSnapshot(
+        return MirroredState(
             load=REPORT,
             links={"eth0": LinkCounters(2, 2**40, 2**35)},
-            reconcile=self.reconcile.snapshot(),
-            reconcile_passes=2,
-            reconcile_errors=1,
+            peers={"wg0": 20_001},
+            held={"wg0": (0, 0)},
             feed_age_seconds=12.5,
-            feed_errors=3,
-            push_successes=10,
-            push_failures=2,
             ready=self.ready_reason is None,
+            services={"reconciler": True, "load": False},
         )
 
     def sources(self) -> Sources:
         return Sources(
             status=lambda: self.board.body,
-            registry=make_registry(self.snapshot),
+            registry=self.metrics.registry,
             health=lambda: None,
             ready=lambda: self.ready_reason,
         )
@@ -182,14 +187,20 @@ async def test_metrics_content(state_client: tuple[State, TestClient]) -> None: 
         "nodeagent_feed_errors_total 3.0",
         "nodeagent_push_failures_total 2.0",
         "nodeagent_reconcile_errors_total 1.0",
+        'nodeagent_service_up{service="load"} 0.0',
+        'nodeagent_service_up{service="reconciler"} 1.0',
     ]:
         assert line in text.splitlines(), line
     assert re.search(r'^nodeagent_build_info\{python="[^"]+",version="0\.1\.0"\} 1\.0$', text, re.M)
     names = {m.group(1) for m in re.finditer(r"^([a-z_]+)[{ ]", text, re.M)}
     assert names and all(n.startswith("nodeagent_") for n in names)
     labels = set(re.findall(r"([a-z_]+)=\"", text))
-    assert labels <= {"interface", "operation", "le", "version", "python", "problem"}
+    assert labels <= {"interface", "operation", "le", "version", "python", "problem", "service"}
     assert state.snapshots == 1
+    # The process's own figures: resident memory, CPU time, open files.
+    for name in ("resident_memory_bytes", "cpu_seconds_total", "open_fds"):
+        assert re.search(rf"^nodeagent_process_{name} \S+$", text, re.M), name
+    assert "_created" not in text
 
 
 async def test_metrics_pass_promtool(state_client: tuple[State, TestClient]) -> None:  # type: ignore[type-arg]
@@ -248,9 +259,9 @@ async def test_scrape_never_touches_the_sampler() -> None:
     await sampler.sample_once()
     sources = Sources(
         status=lambda: board.body,
-        registry=make_registry(
-            lambda: MetricsSnapshot(load=sampler.meter.report, links=sampler.links)
-        ),
+        registry=AgentMetrics(
+            lambda: MirroredState(load=sampler.meter.report, links=sampler.links)
+        ).registry,
         health=lambda: None,
         ready=lambda: None,
     )
@@ -264,8 +275,6 @@ async def test_scrape_never_touches_the_sampler() -> None:
 
 def test_no_secret_or_address_in_outputs() -> None:
     state = State()
-    from prometheus_client import generate_latest
-
     text = generate_latest(state.sources().registry).decode() + state.board.body.decode()
     assert not re.search(r"\d+\.\d+\.\d+\.\d+(?!e)", text.replace("e+0", "E"))
     assert TOKEN.decode() not in text
@@ -339,17 +348,21 @@ def test_render_degraded() -> None:
     assert "unknown" in text
 
 
-def test_threadsafe_reconcile_stats() -> None:
-    stats = ReconcileStats()
+def test_threadsafe_reconcile_metrics() -> None:
+    metrics = AgentMetrics(MirroredState, process=False)
 
     def work() -> None:
         for _ in range(500):
-            stats.record(SyncOutcome("wg0", 1, 0, 0, 0, 1.0))
+            metrics.record(SyncOutcome("wg0", 1, 0, 0, 0, 1.0))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert stats.snapshot()["wg0"].passes == 2000
-    assert stats.snapshot()["wg0"].operations["added"] == 2000
+    text = generate_latest(metrics.registry).decode()
+    assert 'nodeagent_reconcile_duration_seconds_count{interface="wg0"} 2000.0' in text
+    assert (
+        'nodeagent_reconcile_peer_operations_total{interface="wg0",operation="added"} 2000.0'
+        in text
+    )

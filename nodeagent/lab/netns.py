@@ -212,7 +212,7 @@ class WireguardGo:
     def __init__(self, name: str, namespace: Namespace) -> None:
         problem = interface_name_problem(name)
         if problem is not None:
-            raise ValueError(f"interface name {problem}")
+            raise ValueError(f"{name!r} {problem}")  # a lab name, not a secret
         self.name = name
         self.namespace = namespace
         self.socket_path = uapi_socket_path(name)

@@ -1,12 +1,13 @@
 """Fuzz target: netlink dumps (``nlwire``, ``netlink_idle``, ``load.counters.decode_dump``).
 
-Inputs: random bytes, and dumps as the kernel writes them (``encode_device_dump``,
-split mid-peer; peers with endpoints and handshake times; rtnetlink link dumps)
-with bytes flipped, attribute lengths overwritten with edge values, and cuts,
-insertions and splices, sent whole or cut into datagrams anywhere. The
-WireGuard decoders end in ``nlwire.DecodeError`` (``DumpError`` for an errno
-answer) or a valid value; the link dump parser ends in ``ValueError`` or a
-list of messages whose counters are numbers.
+Inputs: random bytes, and dumps as the kernel writes them
+(``tests.wgencode.encode_device_dump``, split mid-peer; peers with endpoints and
+handshake times; rtnetlink link dumps) with bytes flipped, attribute lengths
+overwritten with edge values, and cuts, insertions and splices, sent whole or
+cut into datagrams anywhere. The WireGuard decoders end in
+``nlwire.DecodeError`` (``DumpError`` for an errno answer) or a valid value; the
+link dump parser ends in ``ValueError`` or a list of messages whose counters
+are numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nodeagent.wireguard.netlink.idle import (
 )
 from tests.fuzz.harness import ended_well, target
 from tests.peerdata import key
+from tests.wgencode import encode_device_dump
 
 FAMILY = 30
 SEQ = 7
@@ -58,7 +60,7 @@ device = st.builds(
     st.lists(peer, max_size=5).map(lambda ps: {p.public_key: p for p in ps}),
 )
 device_dump = st.builds(
-    lambda d, size: nlwire.encode_device_dump(FAMILY, d, seq=SEQ, max_message=size),
+    lambda d, size: encode_device_dump(FAMILY, d, seq=SEQ, max_message=size),
     device,
     st.sampled_from([512, 700, 4096]),
 )
@@ -283,7 +285,7 @@ def check_peer(p: Any) -> None:
 @target(100)
 @given(device, st.sampled_from([512, 700, 4096]))
 def test_device_dump_round_trip(dev: Device, size: int) -> None:
-    dump = nlwire.encode_device_dump(FAMILY, dev, seq=SEQ, max_message=size)
+    dump = encode_device_dump(FAMILY, dev, seq=SEQ, max_message=size)
     assert nlwire.decode_device(dump, seq=SEQ) == dev
 
 

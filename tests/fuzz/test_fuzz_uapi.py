@@ -27,6 +27,7 @@ from nodeagent.wireguard.uapi.backend import UapiBackend
 from nodeagent.wireguard.uapi.idle import UapiScrubPort
 from tests.fuzz.harness import ended_well, target
 from tests.peerdata import key
+from tests.wgencode import format_get_reply
 
 NOW = 1_800_000_000.0
 KEYS = [key("uapi", i) for i in range(6)]
@@ -57,7 +58,7 @@ device = st.builds(
 
 def reply_lines(dev: Device, activity: list[tuple[str | None, int, int]]) -> list[str]:
     """A ``get=1`` reply's lines as wireguard-go writes them, each peer with its activity."""
-    lines = uapi_text.format_get_reply(dev).split("\n")[:-3]  # without errno and the blank line
+    lines = format_get_reply(dev).split("\n")[:-3]  # without errno and the blank line
     out: list[str] = []
     seen = 0
     for line in lines:
@@ -225,7 +226,7 @@ def test_set_reply(text: str) -> None:
 @target(100)
 @given(device)
 def test_get_reply_round_trip(dev: Device) -> None:
-    assert uapi_text.parse_get_reply(uapi_text.format_get_reply(dev)) == (dev, 0)
+    assert uapi_text.parse_get_reply(format_get_reply(dev)) == (dev, 0)
 
 
 @target(300)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
 from nodeagent.wireguard.netlink import codec as nw
 from tests.peerdata import key, make_peers, wide_peer
+from tests.wgencode import encode_device_dump
 
 FAMILY = 0x20
 K = bytes(range(32))
@@ -172,7 +173,7 @@ def test_dump_split_mid_peer_merges() -> None:
     wide = wide_peer(300)
     small = make_peers(40)
     device = Device(key("priv", 1), 51820, {**small, wide.public_key: wide})
-    dump = nw.encode_device_dump(FAMILY, device, max_message=4096)
+    dump = encode_device_dump(FAMILY, device, max_message=4096)
     msgs = list(nw.iter_messages(dump))
     assert len(msgs) > 4 and msgs[-1].type == nw.NLMSG_DONE
     # Some message starts with a continuation of the wide peer: same key, only allowed IPs.
@@ -215,7 +216,7 @@ def test_error_and_interrupt() -> None:
     assert nw.error_code(ack, next(nw.iter_messages(ack))) == 0
     with pytest.raises(nw.DecodeError):
         nw.decode_device(err)
-    dump = nw.encode_device_dump(FAMILY, Device(None, 1, make_peers(3)), interrupted=True)
+    dump = encode_device_dump(FAMILY, Device(None, 1, make_peers(3)), interrupted=True)
     with pytest.raises(nw.DecodeError, match="interrupted"):
         nw.decode_device(dump)
     with pytest.raises(nw.DecodeError):
@@ -223,7 +224,7 @@ def test_error_and_interrupt() -> None:
 
 
 def test_error_texts_carry_no_secrets() -> None:
-    bad = nw.encode_device_dump(FAMILY, Device(None, 1, make_peers(3)))
+    bad = encode_device_dump(FAMILY, Device(None, 1, make_peers(3)))
     broken = bad[:32] + b"\xff\xff" + bad[34:]  # the first peer's length
     with pytest.raises(nw.DecodeError) as e:
         nw.decode_device(broken)
@@ -267,7 +268,7 @@ def test_round_trip(
 ) -> None:
     want = {k: Peer(k, ips, psk) for k, (ips, psk) in peers.items()}
     device = Device(priv, port, want)
-    assert nw.decode_device(nw.encode_device_dump(FAMILY, device, max_message=size)) == device
+    assert nw.decode_device(encode_device_dump(FAMILY, device, max_message=size)) == device
     msgs = nw.encode_set_device(FAMILY, "wg7", Plan(add=tuple(want.values())), max_message=size)
     assert all(len(m) <= size for m in msgs)
     assert nw.decode_device(b"".join(msgs)).peers == want

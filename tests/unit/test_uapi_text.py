@@ -13,6 +13,7 @@ from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from nodeagent.wireguard.uapi.text import UapiProtocolError
 from tests.peerdata import key
+from tests.wgencode import format_get_reply
 
 A, B, C, PSK = key("a", 0), key("b", 0), key("c", 0), key("psk", 0)
 IP1 = AllowedIP.parse("10.8.0.2/32")
@@ -189,7 +190,7 @@ def test_get_reply_round_trip(
     if private_key == ZERO_KEY:
         private_key = None
     device = Device(private_key, port, peers)
-    got, errno = uapi_text.parse_get_reply(uapi_text.format_get_reply(device))
+    got, errno = uapi_text.parse_get_reply(format_get_reply(device))
     assert errno == 0
     assert (got.private_key, got.listen_port, dict(got.peers)) == (private_key, port, peers)
 

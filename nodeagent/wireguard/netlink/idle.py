@@ -1,6 +1,6 @@
 """Scrubbing over generic netlink: idle peers from a GET_DEVICE dump, and re-adding peers.
 
-``nlwire``'s decoder skips endpoints and handshake times on purpose; this module
+The codec's dump decoder skips endpoints and handshake times on purpose; this module
 reads exactly those two, reduces them to "has an endpoint" and "idle or not"
 inside one call, and keeps neither. The same dump also carries each peer's
 public key, preshared key and allowed IPs, so one dump a pass, whether or not
@@ -46,16 +46,16 @@ class ActivityDecoder:
         pos = start + nlwire.GENL_HDR.size
         if pos > end:
             raise nlwire.DecodeError("truncated genl header")
-        for atype, a, b in _attrs(buf, pos, end):
+        for atype, a, b in nlwire.iter_attrs(buf, pos, end):
             if atype == nlwire.WGDEVICE_A_PEERS:
-                for _t, p, q in _attrs(buf, a, b):
+                for _t, p, q in nlwire.iter_attrs(buf, a, b):
                     self._peer(buf, p, q)
 
     def _peer(self, buf: bytes, pos: int, end: int) -> None:
         key: bytes | None = None
         endpoint = False
         sec = nsec = 0
-        for atype, a, b in _attrs(buf, pos, end):
+        for atype, a, b in nlwire.iter_attrs(buf, pos, end):
             if atype == nlwire.WGPEER_A_PUBLIC_KEY:
                 if b - a != KEY_LEN:
                     raise nlwire.DecodeError("bad public key length")
@@ -71,16 +71,6 @@ class ActivityDecoder:
             raise nlwire.DecodeError("peer without public key")
         if key not in self.peers:
             self.peers[key] = PeerActivity(key, endpoint, handshake_age(sec, nsec, self._now))
-
-
-def _attrs(buf: bytes, pos: int, end: int) -> Iterable[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each attribute in ``buf[pos:end]``."""
-    while pos + 4 <= end:
-        alen, atype = nlwire.NLA_HDR.unpack_from(buf, pos)
-        if alen < 4 or pos + alen > end:
-            raise nlwire.DecodeError("bad attribute length")
-        yield atype & 0x3FFF, pos + 4, pos + alen
-        pos += (alen + 3) & ~3
 
 
 class ScrubDecoder:

@@ -178,24 +178,3 @@ def set_request(lines: list[str]) -> bytes:
     if not lines:
         return b""
     return ("set=1\n" + "\n".join(lines) + "\n\n").encode("ascii")
-
-
-def format_get_reply(device: Device, errno: int = 0) -> str:
-    """A ``get=1`` reply as wireguard-go writes it: for fake daemons and round-trip tests."""
-    out: list[str] = []
-    if device.private_key is not None:
-        out.append(f"private_key={device.private_key.hex()}")
-    if device.listen_port:
-        out.append(f"listen_port={device.listen_port}")
-    for peer in device.peers.values():
-        out.append(f"public_key={peer.public_key.hex()}")
-        out.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
-        out.append("protocol_version=1")
-        out.append("last_handshake_time_sec=0")
-        out.append("last_handshake_time_nsec=0")
-        out.append("tx_bytes=0")
-        out.append("rx_bytes=0")
-        out.append("persistent_keepalive_interval=0")
-        out.extend(_ips(peer.allowed_ips))
-    out.append(f"errno={errno}")
-    return "\n".join(out) + "\n\n"

@@ -15,7 +15,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from nodeagent.core.backend import BackendError
-from nodeagent.wireguard.netlink.backend import KernelBackend, resolve_family
+from nodeagent.wireguard.netlink.backend import KernelBackend
+from nodeagent.wireguard.netlink.conversation import resolve_family
 from tests.kernel.vm import in_throwaway_vm
 
 _names = itertools.count()

@@ -41,7 +41,8 @@ from nodeagent.config.agent import FeedConfig
 from nodeagent.core.model import DesiredState, format_key
 from nodeagent.core.sync import sync_interface
 from nodeagent.feed.http import HttpFeed
-from nodeagent.lab.netns import Lab, missing_prerequisites
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key
 

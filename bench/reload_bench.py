@@ -33,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.status_bench import DaemonLog, start_daemon, stop_daemon, wait_for_load, wrk
-from nodeagent.lab.netns import Lab, WireguardGo, missing_prerequisites
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab
+from nodeagent.lab.wireguard_go import WireguardGo
 from tests.peerdata import feed_document, make_peers, write_atomic
 
 

@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from nodeagent.core.model import Peer
-from nodeagent.lab.netns import Lab, WireguardGo, missing_prerequisites
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab
+from nodeagent.lab.wireguard_go import WireguardGo
 from tests.peerdata import feed_document, make_peers, v4, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

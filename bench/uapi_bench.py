@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodeagent.core.model import Peer, format_key
 from nodeagent.core.reconcile import plan
-from nodeagent.lab.netns import Lab, missing_prerequisites
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key, make_peers, v4
 

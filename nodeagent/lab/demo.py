@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nodeagent.core.model import format_key
-from nodeagent.lab.netns import Lab, TunnelPair, missing_prerequisites, tunnel_pair
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab, TunnelPair, tunnel_pair
 
 PORT_FEED, PORT_HTTP = 8700, 9586
 SYNTHETIC_PEERS = 500

@@ -1,39 +1,26 @@
-"""Network namespaces, veth pairs and wireguard-go daemons for the lab and the netns tests.
+"""Network namespaces and veth links for the lab and the netns tests, and the commands behind them.
 
-Everything is driven through ``ip`` and ``wireguard-go`` as an operator would,
-needs root, and is torn down by :class:`Lab` even when a step fails half-way.
-WireGuard's UAPI sockets live in one directory (``core.names.UAPI_SOCKET_DIR``)
-whatever the namespace, so interface names must be unique on the host:
-:func:`unique_name` makes them.
+Everything is driven through ``ip`` (and ``wg`` for keys) as an operator
+would, and needs root. Names made by :func:`unique_name` are unique on the
+host, as interface names must be for WireGuard's UAPI sockets
+(``lab.wireguard_go``). The daemons are in ``lab.wireguard_go``; the
+:class:`~nodeagent.lab.tunnel.Lab` that owns and tears down all of it, and the
+tunnel pair, in ``lab.tunnel``.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from nodeagent.core.names import (
-    MAX_INTERFACE_NAME,
-    UAPI_SOCKET_DIR,
-    interface_name_problem,
-    uapi_socket_path,
-)
-from nodeagent.wireguard.uapi import text as uapi_text
-from nodeagent.wireguard.uapi.backend import exchange
-
-_WG_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
+from nodeagent.core.names import MAX_INTERFACE_NAME
 
 
 class LabError(Exception):
@@ -204,248 +191,3 @@ def veth_pair(
         ns.ip("addr", "add", addr, "dev", name)
         ns.ip("link", "set", name, "up")
     return VethPair(ns_a, name_a, address_a, ns_b, name_b, address_b)
-
-
-class WireguardGo:
-    """One wireguard-go daemon in the foreground, owning a tun link inside a namespace."""
-
-    def __init__(self, name: str, namespace: Namespace) -> None:
-        problem = interface_name_problem(name)
-        if problem is not None:
-            raise ValueError(f"{name!r} {problem}")  # a lab name, not a secret
-        self.name = name
-        self.namespace = namespace
-        self.socket_path = uapi_socket_path(name)
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> Self:
-        """Start the daemon and wait until its UAPI socket answers."""
-        if os.path.exists(self.socket_path):
-            # A live daemon with this name elsewhere would be silently shared.
-            raise LabError(f"{self.name}: a UAPI socket with this name already exists")
-        # Output goes to a file, not a pipe: a pipe nobody drains would block
-        # the daemon once it fills.
-        with tempfile.TemporaryFile() as out:
-            self._proc = subprocess.Popen(
-                self.namespace.argv(["wireguard-go", "-f", self.name]),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **_WG_ENV},
-            )
-            return self._wait_started(out, timeout)
-
-    def _wait_started(self, out: IO[bytes], timeout: float) -> Self:
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                out.seek(0)
-                output = out.read(2000).decode(errors="replace").strip()
-                raise LabError(f"{self.name}: wireguard-go exited at start: {output}")
-            if self._answers():
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise LabError(f"{self.name}: wireguard-go did not open its UAPI socket in {timeout}s")
-
-    def _answers(self) -> bool:
-        try:
-            reply = exchange(self.socket_path, uapi_text.GET_REQUEST, timeout=2.0)
-        except OSError:
-            return False
-        return reply.endswith("errno=0\n\n")
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the daemon (SIGTERM, then SIGKILL) and remove a socket it left behind."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        # A killed daemon leaves its socket; the next daemon of that name would refuse it.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-
-    def uapi_set(self, lines: Sequence[str]) -> None:
-        """Send raw ``set=1`` lines (the lab sets endpoints, which the agent never does)."""
-        request = uapi_text.set_request(list(lines))
-        if not request:
-            return
-        code = uapi_text.parse_set_reply(exchange(self.socket_path, request))
-        if code:
-            raise LabError(f"{self.name}: UAPI set refused, errno {code}")
-
-    def up(self, *addresses: str) -> None:
-        """Add addresses to the tun link and bring it up."""
-        for addr in addresses:
-            self.namespace.ip("addr", "add", addr, "dev", self.name)
-        self.namespace.ip("link", "set", self.name, "up")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"WireguardGo({self.name} in {self.namespace.name})"
-
-
-class Lab:
-    """Owns every namespace and daemon it made, and removes them all on close, newest first."""
-
-    def __init__(self) -> None:
-        self._daemons: list[WireguardGo] = []
-        self._namespaces: list[Namespace] = []
-
-    def namespace(self, prefix: str = "nal") -> Namespace:
-        ns = Namespace.create(prefix=prefix)
-        self._namespaces.append(ns)
-        return ns
-
-    def wireguard_go(self, namespace: Namespace, prefix: str = "wgl") -> WireguardGo:
-        """Start a wireguard-go interface with a unique name in ``namespace``."""
-        wg = WireguardGo(unique_name(prefix), namespace)
-        # Registered before start so that a daemon that started but never
-        # answered is still stopped at close.
-        self._daemons.append(wg)
-        wg.start()
-        return wg
-
-    def close(self) -> None:
-        """Stop daemons, then delete namespaces; carries on past failures and reports the first."""
-        first: BaseException | None = None
-        for wg in reversed(self._daemons):
-            try:
-                wg.stop()
-            except Exception as e:
-                first = first or e
-        for ns in reversed(self._namespaces):
-            try:
-                ns.delete()
-            except Exception as e:
-                first = first or e
-        self._daemons.clear()
-        self._namespaces.clear()
-        if first is not None:
-            raise LabError("lab cleanup failed") from first
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-@dataclass
-class TunnelPair:
-    """A server and a client namespace on a veth link, each with a wireguard-go interface.
-
-    The client knows the server as its peer; the server does not know the
-    client yet: that is for the code under test to add.
-    """
-
-    server_ns: Namespace
-    client_ns: Namespace
-    server: WireguardGo
-    client: WireguardGo
-    veth: VethPair
-    server_private: bytes
-    server_public: bytes
-    client_private: bytes
-    client_public: bytes
-    server_port: int
-    server_tunnel_ip: str = "10.99.0.1"
-    client_tunnel_ip: str = "10.99.0.2"
-
-    def ping_argv(self, count: int = 3, interval: float = 0.2, wait: float = 2.0) -> list[str]:
-        return [
-            "ping", "-n", "-q", "-c", str(count), "-i", str(interval),
-            "-W", str(wait), self.server_tunnel_ip,
-        ]  # fmt: skip
-
-    def ping(
-        self, count: int = 3, interval: float = 0.2, wait: float = 2.0
-    ) -> subprocess.CompletedProcess[str]:
-        """Ping the server's tunnel address from the client namespace (never raises on loss)."""
-        return self.client_ns.run(
-            self.ping_argv(count, interval, wait),
-            check=False,
-            timeout=count * interval + wait + 30,
-        )
-
-    def ping_popen(
-        self, count: int = 300, interval: float = 0.01, wait: float = 2.0
-    ) -> subprocess.Popen[str]:
-        """Start a ping in the client namespace; the caller waits for it."""
-        return self.client_ns.popen(self.ping_argv(count, interval, wait))
-
-
-def tunnel_pair(lab: Lab, *, server_port: int = 51820) -> TunnelPair:
-    """Build a :class:`TunnelPair` inside ``lab`` (which tears it down)."""
-    server_ns = lab.namespace("nas")
-    client_ns = lab.namespace("nac")
-    veth = veth_pair(server_ns, client_ns, address_a="192.0.2.1/24", address_b="192.0.2.2/24")
-    server = lab.wireguard_go(server_ns, "wgs")
-    client = lab.wireguard_go(client_ns, "wgc")
-    server_private, server_public = genkey()
-    client_private, client_public = genkey()
-
-    server.uapi_set(uapi_text.device_lines(server_private, server_port))
-    server.up("10.99.0.1/24")
-
-    client.uapi_set(
-        [
-            *uapi_text.device_lines(client_private, 0),
-            f"public_key={server_public.hex()}",
-            f"endpoint={veth.ip_a}:{server_port}",
-            "replace_allowed_ips=true",
-            "allowed_ip=10.99.0.0/24",
-        ]
-    )
-    client.up("10.99.0.2/32")
-    client_ns.ip("route", "add", "10.99.0.0/24", "dev", client.name)
-    return TunnelPair(
-        server_ns=server_ns,
-        client_ns=client_ns,
-        server=server,
-        client=client,
-        veth=veth,
-        server_private=server_private,
-        server_public=server_public,
-        client_private=client_private,
-        client_public=client_public,
-        server_port=server_port,
-    )
-
-
-def iter_stale_sockets(prefixes: Sequence[str]) -> Iterator[str]:
-    """UAPI sockets left by lab daemons (names starting with ``prefixes``) that nobody answers."""
-    try:
-        entries = os.listdir(UAPI_SOCKET_DIR)
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if not entry.endswith(".sock") or not entry.startswith(tuple(prefixes)):
-            continue
-        path = f"{UAPI_SOCKET_DIR}/{entry}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(path)
-            except OSError:
-                yield path

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.lab.netns import Lab, genkey, run, unique_name
+from nodeagent.lab.netns import genkey, run, unique_name
+from nodeagent.lab.tunnel import Lab
 from nodeagent.wireguard.netlink.backend import KernelBackend
 from tests.kernel.conftest import delete_link
 from tests.leaks import (

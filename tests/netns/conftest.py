@@ -10,16 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nodeagent.lab.netns import (
-    Lab,
-    Namespace,
-    TunnelPair,
-    WireguardGo,
-    missing_prerequisites,
-)
-from nodeagent.lab.netns import (
-    tunnel_pair as build_tunnel_pair,
-)
+from nodeagent.lab.netns import Namespace, missing_prerequisites
+from nodeagent.lab.tunnel import Lab, TunnelPair
+from nodeagent.lab.tunnel import tunnel_pair as build_tunnel_pair
+from nodeagent.lab.wireguard_go import WireguardGo
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nodeagent.core.model import AllowedIP, Peer, format_key
 from nodeagent.core.reconcile import plan
-from nodeagent.lab.netns import TunnelPair
+from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import feed_document, make_peers, write_atomic
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.lab.netns import Lab, genkey, veth_pair
+from nodeagent.lab.netns import genkey, veth_pair
+from nodeagent.lab.tunnel import Lab
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.leaks import (
     AGENT,

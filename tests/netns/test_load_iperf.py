@@ -28,7 +28,8 @@ import pytest
 from nodeagent.config.agent import LoadConfig
 from nodeagent.core.model import AllowedIP, Peer
 from nodeagent.core.reconcile import plan
-from nodeagent.lab.netns import Namespace, TunnelPair
+from nodeagent.lab.netns import Namespace
+from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.load.counters import LinkReader
 from nodeagent.load.meter import LoadReport
 from nodeagent.load.sampler import LoadSampler

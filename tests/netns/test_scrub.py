@@ -13,7 +13,7 @@ import base64
 import time
 
 from nodeagent.core.model import AllowedIP, Peer, Plan
-from nodeagent.lab.netns import TunnelPair
+from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import key

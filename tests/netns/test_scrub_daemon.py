@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nodeagent.core.model import format_key
 from nodeagent.core.reconcile import plan
-from nodeagent.lab.netns import TunnelPair
+from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.netns.test_agent_daemon import (
     desired_peers,

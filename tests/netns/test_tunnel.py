@@ -7,7 +7,7 @@ import threading
 
 from nodeagent.core.model import AllowedIP, Peer, Plan
 from nodeagent.core.reconcile import plan
-from nodeagent.lab.netns import TunnelPair
+from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
 from tests.peerdata import key
 

@@ -6,7 +6,8 @@ import pytest
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
 from nodeagent.core.model import InterfaceSetup, Peer, Plan
-from nodeagent.lab.netns import Lab, Namespace
+from nodeagent.lab.netns import Namespace
+from nodeagent.lab.tunnel import Lab
 from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
 from nodeagent.wireguard.uapi.text import clamp_private_key
 from tests.contract import BackendContract

@@ -1,0 +1,1 @@
+"""OpenVPN through its management interface: the protocol, the client, authentication, sessions."""

@@ -4,7 +4,7 @@ PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 APT = scripts/ensure-apt
 
 UNIT_PKGS = prometheus openssl
-NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl
+NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl openvpn openssl prometheus
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
 .PHONY: test test-unit test-fuzz test-netns test-kernel lint bench demo fuzz deps-python deps-netns deps-kernel

@@ -130,6 +130,7 @@ class Agent:
         )
         self._push = PushService(None, lambda: self.board.body, PushState())
         self._push_outcome = self.metrics.pushed
+        self._watchdog = Watchdog(self._notifier) if self._notifier.watchdog_interval else None
         self._settings: Settings | None = None
 
     # -- what tests and the CLI look at ------------------------------------------------
@@ -207,8 +208,8 @@ class Agent:
             self._push,
             self.scrubber,
         ]
-        if self._notifier.watchdog_interval:
-            services.append(Watchdog(self._notifier))
+        if self._watchdog is not None:
+            services.append(self._watchdog)
         return services
 
     async def _wait_for_signals(self) -> None:

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     status.add_argument("--token-file", metavar="FILE", help="bearer token for the endpoint")
     sub.add_parser("lab", help="run the whole system in network namespaces on this machine")
+    collector = sub.add_parser("collector", help="run the status collector and public page")
+    collector.add_argument("-c", "--config", required=True, metavar="FILE")
+    collector.add_argument("--check", action="store_true", help="validate the file, then exit")
     audit = sub.add_parser("audit", help="check this host against the no-logs promise")
     audit_cli.add_arguments(audit)
     return parser
@@ -64,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nodeagent.lab.demo import run_demo
 
         return run_demo()
+    if args.command == "collector":
+        from nodeagent.cli.collector import main_collector
+
+        return main_collector(args.config, check_only=args.check)
     if args.command == "audit":
         # Before loading the config: the audit must also run without a valid one.
         return audit_cli.run(args.config, args.root)

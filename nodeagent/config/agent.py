@@ -149,6 +149,7 @@ def _openvpn_instance(m: Map) -> OpenVPNInstanceConfig:
     return OpenVPNInstanceConfig(
         management=m.require("management", av.management, ""),
         interface=m.require("interface", av.interface_name, ""),
+        password_file=m.get("password_file", av.secret_file, None),
     )
 
 

@@ -161,9 +161,26 @@ def ip_interface(at: At) -> str:
 
 
 def management(at: At) -> str:
-    # OpenVPN's management interface listens on a unix socket or on TCP.
+    """OpenVPN's management interface: a unix socket, or TCP on a loopback address.
+
+    Whoever reaches the interface can read every client's real address
+    (``status``), so TCP is accepted on loopback only.
+    """
     text = string(at)
-    return socket_path(at) if "/" in text else host_port(at)
+    if "/" in text:
+        return socket_path(at)
+    address = host_port(at)
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Invalid(
+            f"{address} is not on a loopback address; use a unix socket "
+            "or 127.0.0.1:PORT (anyone who reaches it can list every client's address)"
+        )
+    return address
 
 
 def backend(at: At) -> Literal["kernel", "userspace"]:

@@ -59,8 +59,11 @@ class FeedConfig:
 
 @dataclass(frozen=True, slots=True)
 class OpenVPNInstanceConfig:
-    management: str
-    interface: str
+    """One OpenVPN server the agent authenticates users for (docs/openvpn.md)."""
+
+    management: str  # a unix socket's absolute path, or a loopback host:port
+    interface: str  # its tun device
+    password_file: str | None = None  # the management password (mode 0600)
 
 
 @dataclass(frozen=True, slots=True)

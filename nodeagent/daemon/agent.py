@@ -27,6 +27,7 @@ from nodeagent.config.agent import Config, ConfigError, LogConfig, load_config
 from nodeagent.core.backoff import Backoff
 from nodeagent.core.model import DesiredState
 from nodeagent.daemon.feedfollow import FeedFollower
+from nodeagent.daemon.openvpn import OpenVPNService
 from nodeagent.daemon.outputs import HttpService, PushService, SamplerService, Watchdog
 from nodeagent.daemon.peers import BACKEND_GRACE, Interfaces, Reconciler, Scrubber
 from nodeagent.daemon.reconcile import (
@@ -41,6 +42,7 @@ from nodeagent.daemon.sdnotify import Notifier
 from nodeagent.daemon.service import RESTART_BACKOFF, Service, Supervisor
 from nodeagent.load.meter import LoadReport
 from nodeagent.load.sampler import LoadSampler
+from nodeagent.openvpn.instance import Hooks
 from nodeagent.publish.http import HttpServer, Sources
 from nodeagent.publish.metrics import AgentMetrics, MirroredState
 from nodeagent.publish.push import Pusher, PushState
@@ -121,6 +123,16 @@ class Agent:
             on_error=self.metrics.feed_errors.inc,
         )
         self.scrubber = Scrubber(config.privacy, self.interfaces)
+        self.openvpn = OpenVPNService(
+            config.openvpn,
+            hooks=Hooks(
+                auth=lambda outcome: self.metrics.openvpn_logins[outcome].inc(),
+                ended=self.metrics.openvpn_sessions_ended.inc,
+                changed=self._publish_problems,
+                protocol_error=lambda kind: self.metrics.openvpn_protocol_errors.labels(kind).inc(),
+            ),
+            clock=clock,
+        )
         self._http = HttpService(self.sources, None)
         self._sampler = SamplerService(
             config.load,
@@ -203,6 +215,7 @@ class Agent:
         services: list[Service] = [
             self._http,
             self.reconciler,
+            self.openvpn,
             self.feed,
             self._sampler,
             self._push,
@@ -252,6 +265,7 @@ class Agent:
             self._configure_logging(plan.log)
         self.config, self._settings = new, settings
         self.reconciler.update(new, plan.interfaces)
+        self.openvpn.update(new.openvpn)
         await self.feed.update(new.feed)
         if plan.privacy:
             self.scrubber.update(new.privacy)
@@ -274,6 +288,7 @@ class Agent:
 
     def _accept(self, desired: DesiredState) -> None:
         self.reconciler.offer(desired)
+        self.openvpn.offer(desired.users)
         self._publish_problems()
 
     def _on_load_report(self, report: LoadReport) -> None:
@@ -299,6 +314,8 @@ class Agent:
             problems.append("peer_limit")
         if self.supervisor.degraded:
             problems.append("service_restarting")
+        if self.openvpn.unreachable:
+            problems.append("openvpn_unreachable")
         return problems
 
     def _ready(self) -> str | None:
@@ -335,4 +352,5 @@ class Agent:
             feed_age_seconds=self.feed.age(),
             ready=self._ready() is None,
             services={svc.name: svc.name not in degraded for svc in self._services()},
+            openvpn=self.openvpn.up,
         )

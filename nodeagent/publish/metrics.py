@@ -11,7 +11,7 @@ agent assembles from cached values: a scrape never touches the kernel or the
 feed. The process collector adds resident memory, CPU time and open files.
 
 Labels are interface names, operation kinds, problem codes and service names,
-never anything about a peer: a label per peer would be a per-user time series
+never anything about a peer or an OpenVPN user: a label per peer would be a per-user time series
 (README, "Privacy").
 """
 
@@ -78,6 +78,8 @@ class MirroredState:
     feed_age_seconds: float | None = None
     ready: bool = False
     services: Mapping[str, bool] = field(default_factory=dict)
+    # OpenVPN instances by tun device: whether the agent holds their management connection.
+    openvpn: Mapping[str, bool] = field(default_factory=dict)
 
 
 class AgentMetrics:
@@ -133,6 +135,25 @@ class AgentMetrics:
         self.config_reloads = Counter(
             "nodeagent_config_reloads", "Configurations a reload took over.", registry=r
         )
+        self.openvpn_logins = {
+            outcome: Counter(f"nodeagent_openvpn_logins_{outcome}", help_text, registry=r)
+            for outcome, help_text in (
+                ("accepted", "OpenVPN logins accepted (client-auth-nt)."),
+                ("refused", "OpenVPN logins refused: unknown user, wrong password, expired."),
+                ("overloaded", "OpenVPN logins refused unchecked: too many were waiting."),
+            )
+        }
+        self.openvpn_sessions_ended = Counter(
+            "nodeagent_openvpn_sessions_ended",
+            "OpenVPN sessions the agent ended (account expired or left the feed).",
+            registry=r,
+        )
+        self.openvpn_protocol_errors = Counter(
+            "nodeagent_openvpn_protocol_errors",
+            "Management protocol anomalies (line too long, block cut, stray line).",
+            ["problem"],
+            registry=r,
+        )
         if process:
             ProcessCollector(namespace="nodeagent", registry=r)
         r.register(StateCollector(state))
@@ -181,6 +202,14 @@ class StateCollector(Collector):
         for name in sorted(snap.services):
             up.add_metric([name], int(snap.services[name]))
         yield up
+        ovpn = GaugeMetricFamily(
+            "nodeagent_openvpn_up",
+            "1 while the agent holds an OpenVPN instance's management connection.",
+            labels=["interface"],
+        )
+        for name in sorted(snap.openvpn):
+            ovpn.add_metric([name], int(snap.openvpn[name]))
+        yield ovpn
 
 
 def _build_info() -> Iterable[Metric]:

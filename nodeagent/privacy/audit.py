@@ -21,6 +21,7 @@ from pathlib import Path
 from nodeagent.privacy import audit_checks as checks
 from nodeagent.privacy import audit_host as host
 from nodeagent.privacy.audit_checks import DEFAULT_CONFIG
+from nodeagent.privacy.audit_openvpn import check_openvpn
 from nodeagent.privacy.audit_report import Finding
 from nodeagent.privacy.netfilter import Runner, run_command
 
@@ -29,10 +30,6 @@ __all__ = ["CHECKS", "DEFAULT_CONFIG", "Finding", "audit"]
 
 def check_journald(root: Path) -> list[Finding]:
     return checks.journald_findings(host.journald_facts(root))
-
-
-def check_openvpn(root: Path) -> list[Finding]:
-    return checks.openvpn_findings(host.openvpn_files(root))
 
 
 def check_wg_quick(root: Path) -> list[Finding]:

@@ -36,7 +36,16 @@ _METRICS = {
     "nodeagent_load_transmit_bytes_per_second": "tx",
     "nodeagent_load_capacity_bytes_per_second": "capacity",
 }
-QUERY = '{__name__=~"' + "|".join(sorted(_METRICS)) + '"}'
+_KIND_LABEL = "nodeagent_value"
+# The figures, and when each server's load was last scraped: an instant query
+# answers with the evaluation time, and a series may be minutes old within
+# Prometheus' lookback (5 min): the sample's own time is what staleness needs.
+# (``or`` matches label sets without the metric name: the timestamps get a
+# label of their own so that they are not taken for the percentages.)
+QUERY = (
+    '{__name__=~"' + "|".join(sorted(_METRICS)) + '"} or '
+    f'label_replace(timestamp(nodeagent_load_percent), "{_KIND_LABEL}", "timestamp", "", "")'
+)
 MAX_ANSWER = 32 << 20
 TIMEOUT = 10.0
 
@@ -62,7 +71,8 @@ def parse_answer(body: bytes, node_label: str) -> dict[str, Reading]:
     """The newest figures per node in an answer to :data:`QUERY`; SourceError if malformed.
 
     Rates come in bytes per second (as ``/metrics`` has them) and become bit/s.
-    A node without a ``nodeagent_load_percent`` series has no figure.
+    A node without a ``nodeagent_load_percent`` series has no figure; a figure's
+    time is its sample's (the ``timestamp()`` part of the query) when given.
     """
     try:
         doc = json.loads(body)
@@ -81,7 +91,10 @@ def parse_answer(body: bytes, node_label: str) -> dict[str, Reading]:
         if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
             raise SourceError("bad_series")
         labels = series["metric"]
-        kind = _METRICS.get(labels.get("__name__", ""))
+        if labels.get(_KIND_LABEL) == "timestamp":
+            kind: str | None = "timestamp"
+        else:
+            kind = _METRICS.get(labels.get("__name__", ""))
         node = labels.get(node_label)
         if kind is None or not isinstance(node, str):
             continue
@@ -95,6 +108,8 @@ def parse_answer(body: bytes, node_label: str) -> dict[str, Reading]:
             return round(f[kind][1] * 8) if kind in f else None
 
         at, percent = f["percent"]
+        if "timestamp" in f:
+            at = f["timestamp"][1]
         out[node] = Reading(at, percent, bits("rx"), bits("tx"), bits("capacity"))
     return out
 

@@ -165,6 +165,8 @@ class Connection:
             finally:
                 if self._waiting is waiting:
                     self._waiting = None
+                if not waiting.done():
+                    waiting.cancel()  # the caller went: nobody is left to read its outcome
 
     def close(self) -> None:
         self._task.cancel()

@@ -165,10 +165,11 @@ class Instance:
             ender = asyncio.create_task(self._ender(conn), name=f"openvpn-end-{self.label}")
             try:
                 await asyncio.wait([conn.closed, ender], return_when=asyncio.FIRST_COMPLETED)
-                if ender.done() and not ender.cancelled():
-                    ender.result()  # a bug in it surfaces here
             finally:
                 ender.cancel()
+                # Its ManagementError is the connection's end; anything else is a bug, raised.
+                with contextlib.suppress(asyncio.CancelledError, ManagementError):
+                    await ender
             raise ManagementError("closed")
         finally:
             self._conn = None

@@ -33,6 +33,12 @@ class BackendContract:
     def backend(self) -> Backend:
         raise NotImplementedError
 
+    def test_presence_is_steady_while_the_interface_lives(self, backend: Backend) -> None:
+        first = backend.presence()
+        assert first is not None
+        converge(backend, make_peers(3))
+        assert backend.presence() == first
+
     def test_empty_interface_reads_empty(self, backend: Backend) -> None:
         assert dict(backend.read().peers) == {}
         backend.apply(Plan())

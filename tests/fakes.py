@@ -18,10 +18,19 @@ class FakeBackend:
         self.fail_next_apply = False
         self.reads = 0
         self.max_peers: int | None = None
+        self.incarnation = 1  # what presence() reports while the interface exists
 
     @property
     def interface(self) -> str:
         return self._interface
+
+    def presence(self) -> int | None:
+        return self.incarnation if self.exists else None
+
+    def recreate(self) -> None:
+        """As ``ip link del`` and a new link of the same name: empty, a new incarnation."""
+        self.peers, self.private_key, self.listen_port = {}, None, 0
+        self.incarnation += 1
 
     def read(self) -> Device:
         self.reads += 1

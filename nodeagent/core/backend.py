@@ -6,7 +6,7 @@ the daemon runs them in a worker thread. They speak typed values only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
@@ -36,6 +36,16 @@ class Backend(Protocol):
 
     def read(self) -> Device:
         """The interface's current key, port and peers, read back from the implementation."""
+        ...
+
+    def presence(self) -> Hashable | None:
+        """What identifies the interface's current incarnation; None while it is absent.
+
+        It changes when the interface is deleted and created again (a
+        wireguard-go restart, ``ip link del`` and a ``wg-quick up``), which
+        leaves it empty. Cheap (a system call or two, no conversation with the
+        implementation), callable from any thread, also during a call in flight.
+        """
         ...
 
     def apply(self, plan: Plan) -> None:

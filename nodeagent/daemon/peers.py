@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ from nodeagent.publish.metrics import AgentMetrics
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF = Backoff(base=1.0, cap=60.0)
+PRESENCE_CHECK_SECONDS = 0.5
 # On the way out a pass in a worker thread may finish for BACKEND_GRACE seconds
 # from the stop; then its backend calls are cut, and the thread has
 # BACKEND_CUT_WAIT more to end. Well inside systemd's 20 s (TimeoutStopSec).
@@ -117,6 +118,9 @@ class Reconciler(TaskService):
         self.desired: DesiredState | None = None
         self._wake = asyncio.Event()
         self._pending: tuple[Config, frozenset[str]] | None = None
+        self._changed: set[str] = set()  # interfaces recreated or gone since the last pass
+        # Each interface's presence() as the last pass began: the watch compares with it.
+        self._presence: dict[str, Hashable | None] = {}
         # Peers each interface held after the last pass. Feed changes are planned
         # against it; every resync_interval (and after any failure) it is dropped
         # and the interfaces are read back, which repairs drift.
@@ -144,7 +148,32 @@ class Reconciler(TaskService):
         self._wake.set()
 
     def work(self) -> Coroutine[Any, Any, None]:
-        return self._loop()
+        return self._run()
+
+    async def _run(self) -> None:
+        """The passes and the presence watch; the first to fail ends both."""
+        tasks = [asyncio.ensure_future(self._loop()), asyncio.ensure_future(self._watch())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_CHECK_SECONDS)
+            for name, backend in list(self._interfaces.backends.items()):
+                if name not in self._presence:
+                    continue  # not passed over yet
+                now = backend.presence()
+                before, self._presence[name] = self._presence[name], now
+                if now != before:
+                    log.info("interface_changed interface=%s present=%s", name, now is not None)
+                    self._changed.add(name)
+                    self._wake.set()
 
     async def _loop(self) -> None:
         retries = Retries(RETRY_BACKOFF)
@@ -160,15 +189,25 @@ class Reconciler(TaskService):
                 await asyncio.wait_for(self._wake.wait(), self._next_wakeup(retry))
 
     def _take_pending(self) -> None:
+        """On the loop, between passes: what changed since the last one."""
+        for name in self._changed:
+            # Read back, and set up again (key, port, addresses) if the agent creates it.
+            self._known.pop(name, None)
+            self._interfaces.set_up.discard(name)
+        self._changed.clear()
         if self._pending is not None:
             (self.config, replace), self._pending = self._pending, None
             self._interfaces.retire(replace)
+            for name in replace:
+                self._presence.pop(name, None)
             self._known.clear()
 
     async def _pass(self, desired: DesiredState, retries: Retries) -> float | None:
         """One pass in a worker thread; if it failed (logged and counted), the retry delay."""
         try:
             self._interfaces.open(self.config)
+            for name, backend in self._interfaces.backends.items():
+                self._presence[name] = backend.presence()
             await asyncio.to_thread(self._reconcile_once, desired)
         except Exception as e:
             retry = retries.failed()

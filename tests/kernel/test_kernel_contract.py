@@ -117,3 +117,21 @@ def test_setup_creates_and_is_idempotent(created_name: str) -> None:
         backend.setup(setup)
         assert backend.messages_sent == sent
         assert dict(backend.read().peers) == desired
+
+
+def test_presence_changes_when_the_link_is_recreated() -> None:
+    name = unique_name()
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="wireguard")
+    backend = KernelBackend(name)
+    try:
+        first = backend.presence()
+        assert first is not None
+        delete_link(name)
+        assert backend.presence() is None
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=name, kind="wireguard")
+        assert backend.presence() not in (None, first)
+    finally:
+        backend.close()
+        delete_link(name)

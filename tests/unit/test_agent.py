@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -178,6 +179,33 @@ async def test_feed_changes_are_planned_against_the_known_state(tmp_path: Path) 
         # Applied without reading 20 peers back first; only the plan's 10 were sent.
         assert h.fake.reads == reads
         assert len(h.fake.applied[-1].add) == 10
+    finally:
+        agent.request_stop()
+        await task
+
+
+async def test_a_recreated_interface_is_repopulated_before_the_next_drift_repair(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    h = Harness(tmp_path)
+    h.feed.write_text(feed_doc(make_peers(20)))
+    config = h.config()
+    # Only the presence watch can notice within the test: the read-back is an hour away.
+    object.__setattr__(config.wireguard, "resync_interval", 3600.0)
+    agent = Agent(config, backend_factory=h.factory)
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: h.fake.peers == make_peers(20))
+        h.fake.recreate()  # a wireguard-go restart: the same name, empty
+        await until(lambda: h.fake.peers == make_peers(20))
+        # Gone, then back: the pass in between fails (no interface) and the return is noticed.
+        h.fake.exists = False
+        await until(lambda: agent.state.sync_errors >= 1 or "interface_changed" in caplog.text)
+        h.fake.exists = True
+        h.fake.recreate()
+        await until(lambda: h.fake.peers == make_peers(20))
+        assert "interface_changed interface=wgu0 present=True" in caplog.text
     finally:
         agent.request_stop()
         await task

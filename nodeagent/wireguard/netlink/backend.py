@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 
 from pyroute2 import IPRoute
 
@@ -62,6 +63,13 @@ class KernelBackend(NetlinkConversation):
     def max_peers(self) -> int:
         """The kernel module's limit on one interface (MAX_PEERS_PER_DEVICE)."""
         return MAX_PEERS
+
+    def presence(self) -> Hashable | None:
+        """The link's ifindex: the kernel gives a recreated link a new one."""
+        try:
+            return socket.if_nametoindex(self.interface)
+        except OSError:
+            return None
 
     # --- read ---------------------------------------------------------------
 

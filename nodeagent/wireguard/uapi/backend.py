@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import logging
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
@@ -113,6 +114,17 @@ class UapiBackend:
     def max_peers(self) -> int:
         """wireguard-go's MaxPeers: it refuses the transaction that would pass it."""
         return MAX_PEERS
+
+    def presence(self) -> Hashable | None:
+        """The UAPI socket's inode and creation time: a restarted daemon makes a new socket.
+
+        The time tells them apart even when tmpfs hands the new socket the old inode number.
+        """
+        try:
+            st = os.stat(self.socket_path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
     def exchange(self, socket_path: str, request: bytes) -> str:
         """One request and its reply over this backend's connections (an ``Exchange``).

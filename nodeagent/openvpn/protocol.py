@@ -179,6 +179,12 @@ class Parser:
         out: list[Event] = []
         self._buf += data
         while True:
+            if not self._skipping and self._buf.startswith(PASSWORD_PROMPT):
+                # The prompt is the only text that ends without a newline; what may
+                # follow it is read as a line of its own, however the bytes were split.
+                del self._buf[: len(PASSWORD_PROMPT)]
+                out.append(PasswordPrompt())
+                continue
             nl = self._buf.find(b"\n")
             if nl < 0:
                 break
@@ -197,10 +203,6 @@ class Parser:
             self._buf.clear()
             self._skipping = True
             out.append(LineTooLong())
-        elif self._buf.startswith(PASSWORD_PROMPT):
-            # The prompt is the only text that ends without a newline.
-            del self._buf[: len(PASSWORD_PROMPT)]
-            out.append(PasswordPrompt())
         return out
 
     def close(self) -> list[Event]:
@@ -227,11 +229,6 @@ class Parser:
             out.append(Reply(True, _text(line[8:].strip()) or ""))
         elif line.startswith(b"ERROR:"):
             out.append(Reply(False, _text(line[6:].strip()) or ""))
-        elif line.startswith(PASSWORD_PROMPT):
-            out.append(PasswordPrompt())
-            rest = line[len(PASSWORD_PROMPT) :]
-            if rest:
-                self._line(rest, out)
         elif line.strip():
             out.append(ProtocolViolation("line that is neither a reply nor a notification"))
 

@@ -79,6 +79,9 @@ def test_password_prompt_without_newline() -> None:
     assert p.feed(b"ENTER PASS") == []
     assert p.feed(b"WORD:") == [PasswordPrompt()]
     assert p.feed(b"SUCCESS: password is correct\r\n") == [Reply(True, "password is correct")]
+    # Text after the prompt is a line of its own, however the bytes were split.
+    data = b"ENTER PASSWORD:" + b"A" * (MAX_LINE + 5) + b"\n>HOLD:x\n"
+    assert parse(data) == parse(data[:20], data[20:]) == [PasswordPrompt(), LineTooLong(), Hold()]
 
 
 def test_replies_and_notifications() -> None:

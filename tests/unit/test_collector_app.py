@@ -119,7 +119,7 @@ async def test_a_good_push_shows_and_a_replay_is_refused(h: Harness) -> None:
     ams = servers[0]
     assert ams["online"] is True and ams["load_percent"] == 37.0
     assert ams["rx_bps"] == 370_000_000 and ams["capacity_bps"] == 1_000_000_000
-    assert ams["history"] == [[int(T0) // 300 * 300, 37.0]]
+    assert ams["history"] == [[int(T0) // 900 * 900, 37.0]]
     assert servers[1]["online"] is False and servers[1]["load_percent"] is None
     traffic = await h.json("/api/traffic.json")
     assert traffic["nl-ams-01.example.net"] == {
@@ -215,18 +215,22 @@ async def test_static_files_and_the_rest(h: Harness) -> None:
 async def test_history_and_replay_guard_survive_a_restart(tmp_path: Path) -> None:
     clock = Clock()
     async with aiohttp.ClientSession() as session:
-        first = Collector(config(tmp_path), SECRETS, clock=clock, tick_interval=3600)
+        first = Collector(
+            config(tmp_path), SECRETS, clock=clock, tick_interval=3600, publish_every=0
+        )
         async with first:
             h = Harness(first, session, clock)
             assert await h.push("nl-ams-01") == (204, "")
             await first.tick()
         clock.t += 30
-        second = Collector(config(tmp_path), SECRETS, clock=clock, tick_interval=3600)
+        second = Collector(
+            config(tmp_path), SECRETS, clock=clock, tick_interval=3600, publish_every=0
+        )
         async with second:
             h = Harness(second, session, clock)
             ams = second.fleet.snapshot.servers[0]
             assert ams.online and ams.percent == 37.0
-            assert ams.history == ((int(T0) // 300 * 300, 37.0),)
+            assert ams.history == ((int(T0) // 900 * 900, 37.0),)
             # The push from before the restart, sent again, is still a replay.
             assert await h.push("nl-ams-01", ts=int(T0)) == (409, "replay\n")
             assert await h.push("nl-ams-01") == (204, "")
@@ -246,3 +250,29 @@ async def test_reload_takes_new_nodes_and_secrets(h: Harness) -> None:
     assert await h.push("se-sto-01", secret=b"s3") == (204, "")
     await h.collector.tick()
     assert [s.config.name for s in h.collector.fleet.snapshot.servers] == ["nl-ams-01", "se-sto-01"]
+
+
+async def test_gzip_once_and_new_figures_at_most_every_publish_every(tmp_path: Path) -> None:
+    clock = Clock()
+    collector = Collector(config(tmp_path), SECRETS, clock=clock, tick_interval=3600)
+    async with collector, aiohttp.ClientSession(auto_decompress=False) as session:
+        h = Harness(collector, session, clock)
+        plain = await h.get("/", **{"Accept-Encoding": "identity"})
+        gz = await h.get("/", **{"Accept-Encoding": "br, gzip;q=0.5"})
+        assert gz.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+        assert gz.headers["ETag"] == plain.headers["ETag"][:-1] + '-gz"'
+        assert gz.headers["Vary"] == "Accept-Encoding"
+        again = await h.get("/", **{"If-None-Match": gz.headers["ETag"],
+                                                  "Accept-Encoding": "gzip"})  # fmt: skip
+        assert again.status == 304
+        version = collector.fleet.snapshot.version
+        assert await h.push("nl-ams-01") == (204, "")  # comes online: published at once
+        await collector.tick()
+        assert collector.fleet.snapshot.version == version + 1
+        clock.t += 1
+        assert await h.push("nl-ams-01") == (204, "")  # a new figure: waits for publish_every
+        await collector.tick()
+        assert collector.fleet.snapshot.version == version + 1
+        clock.t += 5
+        await collector.tick()
+        assert collector.fleet.snapshot.version == version + 2

@@ -31,7 +31,7 @@ def server(
         rx = int(capacity * percent / 100)
         reading = Reading(NOW - 30, percent, rx, rx // 2, capacity)
     start = int(NOW) - HISTORY_SPAN
-    history = tuple((start + i * HISTORY_STEP, float(i % 100)) for i in range(1, 288, 7))
+    history = tuple((start + i * HISTORY_STEP, float(i % 100)) for i in range(1, 96, 3))
     return Server(config, online, reading, history if percent is not None else ())
 
 
@@ -155,7 +155,8 @@ def test_names_are_escaped() -> None:
 
 def test_sparkline_keeps_gaps() -> None:
     start = int(NOW) - HISTORY_SPAN
-    history = ((start, 10.0), (start + 300, 20.0), (start + 1200, 100.0), (start - 300, 1.0))
+    step = HISTORY_STEP
+    history = ((start, 10.0), (start + step, 20.4), (start + 4 * step, 100.0), (start - step, 1.0))
     assert sparkline(history, NOW) == "M0 90L1 80M4 0"
-    assert sparkline(((start + 300, 50.0),), NOW) == "M1 50h1"
+    assert sparkline(((start + step, 50.0),), NOW) == "M1 50h1"
     assert sparkline((), NOW) == ""

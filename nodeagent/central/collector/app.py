@@ -14,6 +14,7 @@ collector's own style sheet and script.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import time
@@ -28,7 +29,7 @@ from nodeagent.central.collector import apis
 from nodeagent.central.collector.document import BadDocument, parse_document
 from nodeagent.central.collector.fleet import Fleet, Snapshot
 from nodeagent.central.collector.metrics import CollectorMetrics
-from nodeagent.central.collector.page import Query, render_page
+from nodeagent.central.collector.page import Query, Row, prepare, render_page
 from nodeagent.central.collector.verify import Refused, verify_push
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ CSP = (
     "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 PUBLIC_CACHE = "public, max-age=10"
+GZIP_MIN = 1024
 STATIC_CACHE = "public, max-age=86400"
 _SECURITY = {
     "X-Content-Type-Options": "nosniff",
@@ -69,11 +71,20 @@ class Context:
     refresh: int = 60
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Cached:
+    """One answer, made once: the body, its gzip form (made on first demand), the ETag."""
+
     body: bytes
     etag: str
     content_type: str
+    _gzipped: bytes | None = None
+
+    @property
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.body, 6, mtime=0)
+        return self._gzipped
 
 
 def _etag_matches(request: web.Request, etag: str) -> bool:
@@ -84,11 +95,25 @@ def _etag_matches(request: web.Request, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+def _wants_gzip(request: web.Request) -> bool:
+    accept = request.headers.get("Accept-Encoding", "")
+    return any(part.split(";")[0].strip().lower() == "gzip" for part in accept.split(","))
+
+
 def _answer(request: web.Request, cached: _Cached, cache_control: str) -> web.Response:
-    headers = {**_SECURITY, "ETag": cached.etag, "Cache-Control": cache_control}
-    if _etag_matches(request, cached.etag):
+    gz = len(cached.body) >= GZIP_MIN and _wants_gzip(request)
+    # Each encoding is its own representation, with its own strong ETag.
+    etag = cached.etag[:-1] + '-gz"' if gz else cached.etag
+    headers = {**_SECURITY, "ETag": etag, "Cache-Control": cache_control}
+    if len(cached.body) >= GZIP_MIN:
+        headers["Vary"] = "Accept-Encoding"
+    if _etag_matches(request, etag):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=cached.body, headers={**headers, "Content-Type": cached.content_type})
+    headers["Content-Type"] = cached.content_type
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=cached.gzipped, headers=headers)
+    return web.Response(body=cached.body, headers=headers)
 
 
 def make_app(ctx: Context) -> web.Application:
@@ -97,12 +122,14 @@ def make_app(ctx: Context) -> web.Application:
     assets = {name: f"/static/{name}?v={digests[name]}" for name in static}
     cache: dict[object, _Cached] = {}
     cache_version = [-1]
+    prepared: list[tuple[Row, ...]] = [()]
 
     def cached(key: object, make: Callable[[], tuple[bytes, str]]) -> _Cached:
         snap = ctx.fleet.snapshot
         if cache_version[0] != snap.version:
             cache.clear()
             cache_version[0] = snap.version
+            prepared[0] = prepare(snap)
         hit = cache.get(key)
         if hit is None:
             body, content_type = make()
@@ -115,7 +142,7 @@ def make_app(ctx: Context) -> web.Application:
         query = Query.parse(request.query, countries)
 
         def make() -> tuple[bytes, str]:
-            html = render_page(ctx.fleet.snapshot, query, assets, ctx.refresh)
+            html = render_page(ctx.fleet.snapshot, query, assets, ctx.refresh, prepared[0])
             return html.encode(), "text/html; charset=utf-8"
 
         return _answer(request, cached(("page", query), make), PUBLIC_CACHE)

@@ -3,11 +3,12 @@
 Pure: the caller passes the time. Figures come in through :meth:`Fleet.accept`
 (a verified push, or a Prometheus poll); :meth:`Fleet.tick`, once a second,
 publishes a new :class:`Snapshot` when anything changed, a server went silent
-included. Every page and API answer is made from the current snapshot, and
-its ``version`` keys the caches and the ETags: a flood of visitors costs one
-render per version, whatever the rate of pushes.
+included (new figures at most every ``publish_every`` seconds). Every page
+and API answer is made from the current snapshot, and its ``version`` keys
+the caches and the ETags: a flood of visitors costs one render per version,
+whatever the rate of pushes.
 
-The 24 h history kept here is 5-minute averages (288 points a server); the
+The 24 h history kept here is 15-minute averages (96 points a server); the
 full history is the store's (``store.py``).
 """
 
@@ -22,7 +23,7 @@ from nodeagent.central.collector.store import RAW_SPACING
 
 __all__ = ["HISTORY_SPAN", "HISTORY_STEP", "Fleet", "Server", "Snapshot"]
 
-HISTORY_STEP = 300
+HISTORY_STEP = 900
 HISTORY_SPAN = 24 * 3600
 
 
@@ -71,8 +72,13 @@ class _Node:
 class Fleet:
     """Every configured server's state; one per collector, touched from the event loop only."""
 
-    def __init__(self, nodes: Iterable[NodeConfig], stale_after: float) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeConfig], stale_after: float, publish_every: float = 0.0
+    ) -> None:
         self.stale_after = stale_after
+        # New figures wait this long for the next snapshot (a server going
+        # online or offline does not): each snapshot costs a render.
+        self.publish_every = publish_every
         self._nodes: dict[str, _Node] = {n.name: _Node(n) for n in nodes}
         self._dirty = True
         self._online: frozenset[str] = frozenset()
@@ -134,7 +140,8 @@ class Fleet:
         """Publish a new snapshot if anything changed; returns (came online, went offline)."""
         online = self.online(now)
         came, went = online - self._online, self._online - online
-        if not (self._dirty or came or went):
+        due = self._dirty and now - self.snapshot.at >= self.publish_every
+        if not (due or came or went):
             return came, went
         self._online = online
         self._dirty = False

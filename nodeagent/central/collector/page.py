@@ -22,7 +22,7 @@ import jinja2
 from nodeagent.central.collector.apis import iso
 from nodeagent.central.collector.fleet import HISTORY_SPAN, HISTORY_STEP, Server, Snapshot
 
-__all__ = ["FAIR_USE_BPS", "Query", "render_page", "rows"]
+__all__ = ["FAIR_USE_BPS", "Query", "Row", "prepare", "render_page", "rows"]
 
 # The provider's fair-use terms: a server with less than this to spare is not
 # for large downloads or P2P. "To spare" is capacity minus the busier
@@ -106,8 +106,8 @@ def sparkline(history: tuple[tuple[int, float], ...], now: float) -> str:
         x = (at - start) // HISTORY_STEP
         if x < 0:
             continue
-        y = 100 - min(100.0, max(0.0, percent))
-        parts.append(f"{'L' if previous is not None and x - previous == 1 else 'M'}{x} {y:g}")
+        y = 100 - round(min(100.0, max(0.0, percent)))
+        parts.append(f"{'L' if previous is not None and x - previous == 1 else 'M'}{x} {y}")
         previous = x
     if len(parts) == 1:  # a lone point: a short dash, so it shows
         parts.append("h1")
@@ -154,13 +154,15 @@ def _key(sort: str) -> Callable[[Row], tuple[Any, ...]]:
     return lambda r: (r.percent is None, r.percent or 0, r.server.config.name.lower())
 
 
-def rows(snapshot: Snapshot, query: Query) -> list[Row]:
+def prepare(snapshot: Snapshot) -> tuple[Row, ...]:
+    """Every server's row, unsorted: made once per snapshot, whatever the queries."""
+    return tuple(_row(s, snapshot.at) for s in snapshot.servers)
+
+
+def rows(snapshot: Snapshot, query: Query, prepared: tuple[Row, ...] | None = None) -> list[Row]:
     """The page's rows for ``query``: filtered by country, then sorted."""
-    out = [
-        _row(s, snapshot.at)
-        for s in snapshot.servers
-        if not query.country or s.config.country_code == query.country
-    ]
+    every = prepare(snapshot) if prepared is None else prepared
+    out = [r for r in every if not query.country or r.server.config.country_code == query.country]
     key = _key(query.sort)
     out.sort(key=key, reverse=query.order == "desc")
     if query.sort == "load" and query.order == "desc":
@@ -169,7 +171,11 @@ def rows(snapshot: Snapshot, query: Query) -> list[Row]:
 
 
 def render_page(
-    snapshot: Snapshot, query: Query, assets: Mapping[str, str], refresh: int = 60
+    snapshot: Snapshot,
+    query: Query,
+    assets: Mapping[str, str],
+    refresh: int = 60,
+    prepared: tuple[Row, ...] | None = None,
 ) -> str:
     """The whole page; ``assets`` maps a static file's name to its versioned URL.
 
@@ -180,7 +186,7 @@ def render_page(
         key=lambda c: c[1].lower(),
     )
     return _env.get_template("index.html.j2").render(
-        rows=rows(snapshot, query),
+        rows=rows(snapshot, query, prepared),
         query=query,
         countries=countries,
         online=snapshot.online,

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_PENDING", "Collector"]
 
 MAX_PENDING = 200_000
+# New figures reach the page and the APIs within this many seconds; a server
+# going offline or coming back at the next tick.
+PUBLISH_EVERY = 5.0
 FOLD_EVERY = 60.0
 
 
@@ -51,9 +54,10 @@ class Collector:
         *,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
+        publish_every: float = PUBLISH_EVERY,
     ) -> None:
         self.config = config
-        self.fleet = Fleet(config.nodes, config.stale_after)
+        self.fleet = Fleet(config.nodes, config.stale_after, publish_every)
         self.metrics = CollectorMetrics(lambda: self.fleet.snapshot)
         self.ctx = Context(
             self.fleet,

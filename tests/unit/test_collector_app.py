@@ -198,8 +198,10 @@ async def test_etag_and_304_follow_the_snapshot(h: Harness) -> None:
 
 async def test_static_files_and_the_rest(h: Harness) -> None:
     page = await (await h.session.get(h.url + "/")).text()
-    css = page.split('href="', 2)[1].split('"')[0]
+    css = page.split('rel="stylesheet" href="', 1)[1].split('"')[0]
     assert css.startswith("/static/style.css?v=")
+    icon = await h.get(page.split('rel="icon" href="', 1)[1].split('"')[0])
+    assert icon.status == 200 and icon.headers["Content-Type"] == "image/svg+xml"
     r = await h.get(css)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/css")
     assert (await h.get("/static/nothing.js")).status == 404

@@ -11,7 +11,11 @@ from nodeagent.central.collector.fleet import HISTORY_SPAN, HISTORY_STEP, Server
 from nodeagent.central.collector.page import Query, render_page, rows, sparkline
 
 NOW = 1_800_000_000.0
-ASSETS = {"style.css": "/static/style.css?v=1", "app.js": "/static/app.js?v=1"}
+ASSETS = {
+    "style.css": "/static/style.css?v=1",
+    "app.js": "/static/app.js?v=1",
+    "favicon.svg": "/static/favicon.svg?v=1",
+}
 COUNTRIES = frozenset({"nl", "de", "se"})
 
 

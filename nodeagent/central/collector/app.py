@@ -50,7 +50,11 @@ _SECURITY = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": CSP,
 }
-_STATIC_TYPES = {"style.css": "text/css", "app.js": "text/javascript"}
+_STATIC_TYPES = {
+    "style.css": "text/css",
+    "app.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
+}
 
 
 def _static() -> dict[str, bytes]:

@@ -278,3 +278,28 @@ async def test_gzip_once_and_new_figures_at_most_every_publish_every(tmp_path: P
         clock.t += 5
         await collector.tick()
         assert collector.fleet.snapshot.version == version + 2
+
+
+async def test_a_failed_history_write_is_counted_and_retried(h: Harness) -> None:
+    import sqlite3
+
+    store = h.collector._store
+    assert store is not None
+    real = store.write
+    calls: list[int] = []
+
+    def failing(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.write = failing  # type: ignore[method-assign]
+    assert await h.push("nl-ams-01") == (204, "")
+    await h.collector.tick()
+    errors = h.collector.metrics.registry.get_sample_value("nodeagent_collector_store_errors_total")
+    assert errors == 1
+    assert h.collector.fleet.pending and h.collector.fleet.changed == {"nl-ams-01"}
+    await h.collector.tick()
+    assert not h.collector.fleet.pending and not h.collector.fleet.changed
+    assert store.counts() == (1, 0)

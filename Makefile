@@ -5,11 +5,12 @@ APT = scripts/ensure-apt
 
 UNIT_PKGS = prometheus openssl
 NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl openvpn openssl prometheus
+BROWSER_PKGS = chromium
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
-.PHONY: test test-unit test-fuzz test-netns test-kernel lint bench demo fuzz deps-python deps-netns deps-kernel
+.PHONY: test test-unit test-fuzz test-netns test-kernel test-browser lint bench demo fuzz deps-python deps-netns deps-kernel
 
-test: lint test-unit test-fuzz test-netns test-kernel
+test: lint test-unit test-fuzz test-netns test-kernel test-browser
 
 deps-python:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -42,6 +43,11 @@ fuzz: deps-python
 
 test-netns: deps-netns
 	$(PYTEST) tests/netns
+
+# The public status page in headless Debian Chromium, driven by Playwright (no browser download).
+test-browser: deps-python
+	$(APT) $(BROWSER_PKGS)
+	$(PYTEST) tests/browser
 
 # Boots a real kernel once (virtme-ng under qemu) and runs the whole tier inside it.
 test-kernel: deps-kernel

@@ -115,13 +115,16 @@ class Fleet:
                 node.recorded_at = reading.at
                 self.pending.append((name, reading))
 
-    def restore(self, name: str, reading: Reading, history: Iterable[tuple[int, float]]) -> None:
+    def restore(
+        self, name: str, reading: Reading | None, history: Iterable[tuple[int, float]]
+    ) -> None:
         """What the store kept across a restart: the newest figure and the last 24 h."""
         node = self._nodes.get(name)
         if node is None:
             return
-        node.reading = reading
-        node.recorded_at = reading.at
+        if reading is not None:
+            node.reading = reading
+            node.recorded_at = reading.at
         for at, percent in history:
             node.add_history(at, percent)
         self._dirty = True

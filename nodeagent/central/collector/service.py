@@ -85,9 +85,11 @@ class Collector:
         now = self._clock()
         latest = await self._thread.call(store.latest)
         recent = await self._thread.call(lambda: store.raw_since(now - HISTORY_SPAN))
-        for node, kept in latest.items():
-            self.fleet.restore(node, kept.reading, recent.get(node, []))
-            self.ctx.last_push[node] = kept.push_ts
+        for node in sorted(set(latest) | set(recent)):
+            kept = latest.get(node)
+            self.fleet.restore(node, kept.reading if kept else None, recent.get(node, []))
+            if kept is not None:
+                self.ctx.last_push[node] = kept.push_ts
         self.fleet.tick(now)
         log.info("history restored servers=%d", len(latest))
         # access_log=None: an access log line is a visitor's address with a time.

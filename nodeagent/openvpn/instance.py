@@ -9,11 +9,13 @@ that lives as long as the connection: when OpenVPN restarts or the socket
 vanishes, the table goes, and the instance reconnects with the one backoff.
 
 :meth:`Instance.end` asks for every session of some usernames to end: each
-client id it knows gets ``client-kill``, then ``kill <username>`` ends those it
-never saw start (before the agent's own restart, or before this connection),
-since OpenVPN runs with ``username-as-common-name``. Usernames asked for while
-disconnected wait for the next connection, and each new connection starts by
-ending the users ``on_connect`` names (the feed's expired users).
+client id it knows gets ``client-kill CID HALT``; then, when OpenVPN counts
+more clients than the table holds (``load-stats``, an aggregate), ``kill
+<username>`` ends those it never saw start (before the agent's own restart, or
+before this connection), since OpenVPN runs with ``username-as-common-name``.
+Usernames asked for while disconnected wait for the next connection, and each
+new connection starts by ending the users ``on_connect`` names (the feed's
+expired users).
 
 Never sent: ``status``, ``bytecount``, ``log on`` (per-client addresses, byte
 counts and times). Nothing here logs a username, a password or an address.
@@ -55,6 +57,7 @@ RECONNECT_BACKOFF = Backoff(base=1.0, cap=30.0)
 DENY_REASON = "authentication failed"
 MAX_PENDING_ENDS = 100_000
 _KILLED = re.compile(r"(\d{1,9}) client\(s\) killed")
+_NCLIENTS = re.compile(r"\bnclients=(\d{1,9})\b")
 
 
 def _utcnow() -> datetime:
@@ -243,9 +246,12 @@ class Instance:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            # Sessions this connection never saw start exist when OpenVPN counts more
+            # clients than the table holds (load-stats: an aggregate, nothing per client).
+            blind = await self._clients(conn) > len(self.table)
             while self._to_end:
                 name = next(iter(self._to_end))
-                ended = await self._end_one(conn, name)
+                ended = await self._end_one(conn, name, blind)
                 # Asked again meanwhile: it stays (moved to the back by end()).
                 if next(iter(self._to_end), None) == name:
                     del self._to_end[name]
@@ -253,15 +259,23 @@ class Instance:
                     self._hooks.ended(ended)
                     log.info("openvpn_sessions_ended interface=%s sessions=%d", self.label, ended)
 
-    async def _end_one(self, conn: Connection, name: str) -> int:
-        ended = 0
+    async def _clients(self, conn: Connection) -> int:
+        reply = await conn.command("load-stats")
+        m = _NCLIENTS.search(reply.text) if reply.ok else None
+        # Unknown: assume there are sessions the table lacks.
+        return int(m[1]) if m else 1 << 30
+
+    async def _end_one(self, conn: Connection, name: str, blind: bool) -> int:
+        known = 0
         for cid in self.table.cids(name):
+            # HALT: the client stops instead of coming back to be refused.
             reply = await conn.command("client-kill", cid, "HALT")
             self.table.drop(cid)
-            ended += int(reply.ok)
+            known += int(reply.ok)
+        if not blind:
+            return known
         # By common name (= username): the sessions this connection never saw start.
+        # It may count the ones just killed again, which are still on their way out.
         reply = await conn.command("kill", name)
-        if reply.ok:
-            m = _KILLED.search(reply.text)
-            ended += int(m[1]) if m else 0
-        return ended
+        m = _KILLED.search(reply.text) if reply.ok else None
+        return max(known, int(m[1]) if m else 0)

@@ -171,15 +171,22 @@ async def test_instance_authenticates_releases_hold_and_ends_sessions(
         assert inst.table.cids("u1") == [1]
         fake.send(b">CLIENT:DISCONNECT,4\r\n>CLIENT:ENV,END\r\n")
         await until(lambda: inst.table.cids("u2") == [])
-        fake.answer = lambda line: (
-            b"SUCCESS: common name 'u1' found, 2 client(s) killed\r\n"
-            if line.startswith("kill ")
-            else b"SUCCESS: ok\r\n"
-        )
-        inst.end({"u1"})
+        answers = {
+            "load-stats": b"SUCCESS: nclients=3,bytesin=1,bytesout=2\r\n",
+            "kill u1": b"SUCCESS: common name 'u1' found, 2 client(s) killed\r\n",
+        }
+        fake.answer = lambda line: answers.get(line, b"SUCCESS: ok\r\n")
+        inst.end({"u1"})  # OpenVPN counts 3 clients, the table 1: some were never seen
         await until(lambda: "kill u1" in fake.commands)
         assert "client-kill 1 HALT" in fake.commands
-        await until(lambda: ended == [3])
+        await until(lambda: ended == [2])
+        # Every session known: client-kill alone, no kill by common name.
+        fake.login(8, "u2", "two")
+        await until(lambda: inst.table.cids("u2") == [8])
+        answers["load-stats"] = b"SUCCESS: nclients=1,bytesin=1,bytesout=2\r\n"
+        inst.end({"u2"})
+        await until(lambda: ended == [2, 1])
+        assert "client-kill 8 HALT" in fake.commands and "kill u2" not in fake.commands
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

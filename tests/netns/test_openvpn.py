@@ -9,12 +9,13 @@ client runs in its own namespace on its own veth link, logging in with
 level from a file feed the tests rewrite. The tests run in file order and
 share the server: logins, refusals, expiry, removal, OpenVPN restarted under
 the agent, the agent restarted under a session, a burst, then the leak scan
-over everything the agent logged and served.
+over everything the agent logged, served and wrote.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -30,7 +31,7 @@ import pytest
 
 from nodeagent.lab.netns import Namespace, veth_pair
 from nodeagent.lab.tunnel import Lab
-from tests.leaks import Secrets, free_port, secret_file
+from tests.leaks import Secrets, changed_files, free_port, secret_file, snapshot
 from tests.peerdata import write_atomic
 from tests.unit.test_openvpn_auth import make_hash
 
@@ -154,6 +155,12 @@ class Site:
     served: list[tuple[str, bytes]] = field(default_factory=list)
     tunnel_ips: set[str] = field(default_factory=set)
     unlisted: list[Account] = field(default_factory=list)  # tried, never in the feed
+    before: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def scanned(self) -> list[Path]:
+        """Where the agent could write: its own directories and the shared temporary ones."""
+        return [self.dir / "cwd", self.dir / "home", self.dir / "tmp",
+                Path("/run"), Path("/var/tmp"), Path("/dev/shm")]  # fmt: skip
 
     # -- the feed -------------------------------------------------------------------
     def publish(self, *names: str, version: str | None = None) -> None:
@@ -181,9 +188,12 @@ class Site:
     # -- the agent ------------------------------------------------------------------
     def start_agent(self) -> None:
         out = (self.dir / "agent.log").open("ab")
+        # Its own working, home and temporary directories: the leak scan reads them all.
+        env = {**os.environ, "PYTHONPATH": os.getcwd(), "HOME": str(self.dir / "home"),
+               "TMPDIR": str(self.dir / "tmp")}  # fmt: skip
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "nodeagent", "run", "-c", str(self.config)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, cwd=self.dir / "cwd", env=env,
         )  # fmt: skip
         wait_for(lambda: self.metric("nodeagent_openvpn_up") == 1, "the agent holds the socket")
 
@@ -267,6 +277,8 @@ data-ciphers AES-256-GCM:AES-128-GCM
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     d = tmp_path_factory.mktemp("ovpn")
+    for sub in ("cwd", "home", "tmp"):
+        (d / sub).mkdir()
     make_pki(d)
     (d / "mgmt.pw").write_text("mgmt-pass-7f3a\n")
     (d / "mgmt.pw").chmod(0o600)
@@ -292,6 +304,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         site.accounts["old"].expires_at = "2020-01-01T00:00:00Z"
         site.publish(*site.accounts)
         site.start_server()
+        site.before = snapshot(site.scanned())
         try:
             site.start_agent()
             yield site
@@ -399,5 +412,7 @@ def test_the_agent_names_no_user_password_or_address(site: Site) -> None:
     assert site.tunnel_ips, "the clients' tunnel addresses were seen"
     for ip in site.tunnel_ips:
         s.address(f"tunnel {ip}", ip)
-    hits = s.search([("the agent's log", log), *site.served])
+    # /tmp is left out: OpenVPN's and the clients' own logs are there (the agent's is in TMPDIR).
+    files = list(changed_files(site.before, snapshot(site.scanned())))
+    hits = s.search([("the agent's log", log), *site.served, *files])
     assert hits == [], hits

@@ -43,6 +43,9 @@ __all__ = [
 # feed has no user to borrow parameters from.
 DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
 MAX_PASSWORD = 1024
+# The feed validator's bound (feed.snapshot.SCRYPT_MAX_*), again here: a hash past
+# it is never computed, whoever handed it in.
+MAX_MEMORY, MAX_P = 64 << 20, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ def parse_hash(text: str) -> ScryptHash:
     if len(parts) != 6 or parts[0] != "scrypt":
         raise ValueError("not a scrypt hash")
     n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    if n < 2 or n & (n - 1) or r < 1 or not 1 <= p <= MAX_P or 128 * n * r > MAX_MEMORY:
+        raise ValueError("scrypt parameters out of bounds")
     return ScryptHash(n, r, p, base64.b64decode(parts[4]), base64.b64decode(parts[5]))
 
 

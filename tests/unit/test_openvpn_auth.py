@@ -43,6 +43,11 @@ def test_verify() -> None:
     assert not verify(user("u1", b"secret", NOW), b"secret", NOW, dummy)  # expired at NOW
     assert verify(user("u1", b"secret", NOW + timedelta(seconds=1)), b"secret", NOW, dummy)
     assert not verify(User("u1", "scrypt$bad"), b"secret", NOW, dummy)
+    # Past the feed's bound (1 GiB here): never computed, whoever handed it in.
+    huge = make_hash(b"x").replace("scrypt$16$1$", "scrypt$1048576$8$")
+    assert not verify(User("u1", huge), b"x", NOW, dummy)
+    with pytest.raises(ValueError):
+        parse_hash(make_hash(b"x").replace("scrypt$16$1$1$", "scrypt$16$1$5$"))
     assert not verify(u, b"secret" * 1000, NOW, dummy)
     # The dummy's own (zero) digest is never a way in.
     zero = parse_hash(make_hash(b"")).__class__(16, 1, 1, b"", b"\0" * 32)

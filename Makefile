@@ -5,7 +5,8 @@ APT = scripts/ensure-apt
 
 UNIT_PKGS = prometheus openssl
 NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl openvpn openssl prometheus
-BROWSER_PKGS = chromium
+# fonts-liberation: only a Recommends of chromium, and ensure-apt installs without those.
+BROWSER_PKGS = chromium fonts-liberation
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
 .PHONY: test test-unit test-fuzz test-netns test-kernel test-browser lint bench demo fuzz deps-python deps-netns deps-kernel

@@ -10,7 +10,7 @@ served, pushed or wrote to disk is collected, to be searched with
 tunnel address.
 
 Also runnable as ``python -m tests.leaks run -c FILE``: the agent with a
-test-only leak planted (``NODEAGENT_PLANT_LEAK=fd|print|disk|log``), so that a
+test-only leak planted (``NODEAGENT_PLANT_LEAK=fd|print|disk|log|openvpn``), so that a
 test can show the search catches what a careless change would emit.
 """
 
@@ -410,6 +410,24 @@ def _plant() -> None:
         return outcome
 
     reconcile.sync_interface = sync_interface  # type: ignore[attr-defined,assignment]
+    if mode == "openvpn":
+        _plant_openvpn()
+
+
+def _plant_openvpn() -> None:
+    """The username of every OpenVPN login at debug level: what a careless auth line would log."""
+    import logging
+
+    from nodeagent.openvpn import instance
+
+    original = instance.Instance._authenticate
+    log = logging.getLogger("nodeagent.openvpn.instance")
+
+    async def authenticate(self: instance.Instance, ev: instance.ClientAuth) -> None:
+        log.debug("openvpn login user=%s", ev.username)
+        await original(self, ev)
+
+    instance.Instance._authenticate = authenticate  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import pytest
 
 from nodeagent.lab.netns import Namespace, veth_pair
 from nodeagent.lab.tunnel import Lab
-from tests.leaks import Secrets, changed_files, free_port, secret_file, snapshot
+from tests.leaks import AGENT, PLANTED, Secrets, changed_files, free_port, secret_file, snapshot
 from tests.peerdata import write_atomic
 from tests.unit.test_openvpn_auth import make_hash
 
@@ -186,13 +185,13 @@ class Site:
         self.server = None
 
     # -- the agent ------------------------------------------------------------------
-    def start_agent(self) -> None:
-        out = (self.dir / "agent.log").open("ab")
+    def start_agent(self, head: list[str] = AGENT, log: str = "agent.log", **env: str) -> None:
+        out = (self.dir / log).open("ab")
         # Its own working, home and temporary directories: the leak scan reads them all.
         env = {**os.environ, "PYTHONPATH": os.getcwd(), "HOME": str(self.dir / "home"),
-               "TMPDIR": str(self.dir / "tmp")}  # fmt: skip
+               "TMPDIR": str(self.dir / "tmp"), **env}  # fmt: skip
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent", "run", "-c", str(self.config)],
+            [*head, "run", "-c", str(self.config)],
             stdout=out, stderr=subprocess.STDOUT, cwd=self.dir / "cwd", env=env,
         )  # fmt: skip
         wait_for(lambda: self.metric("nodeagent_openvpn_up") == 1, "the agent holds the socket")
@@ -396,12 +395,7 @@ def test_a_burst_of_logins_all_get_in(site: Site) -> None:
         c.stop()
 
 
-def test_the_agent_names_no_user_password_or_address(site: Site) -> None:
-    for path in ("/status", "/metrics", "/readyz", "/healthz"):
-        site.get(path)
-    site.stop_agent()
-    log = (site.dir / "agent.log").read_bytes()
-    assert b"openvpn_connected" in log and b"DEBUG" in log and b"openvpn_auth" in log
+def secrets(site: Site) -> Secrets:
     s = Secrets()
     for key, a in [*site.accounts.items(), *(("unlisted", a) for a in site.unlisted)]:
         s.needles[f"{key} username"] = a.username.encode()
@@ -409,10 +403,31 @@ def test_the_agent_names_no_user_password_or_address(site: Site) -> None:
     s.needles["management password"] = b"mgmt-pass-7f3a"
     for i, c in enumerate(site.clients):
         s.address(f"client{i} endpoint", c.endpoint)
-    assert site.tunnel_ips, "the clients' tunnel addresses were seen"
     for ip in site.tunnel_ips:
         s.address(f"tunnel {ip}", ip)
+    return s
+
+
+def test_the_agent_names_no_user_password_or_address(site: Site) -> None:
+    for path in ("/status", "/metrics", "/readyz", "/healthz"):
+        site.get(path)
+    site.stop_agent()
+    log = (site.dir / "agent.log").read_bytes()
+    assert b"openvpn_connected" in log and b"DEBUG" in log and b"openvpn_auth" in log
+    assert site.tunnel_ips, "the clients' tunnel addresses were seen"
+    s = secrets(site)
     # /tmp is left out: OpenVPN's and the clients' own logs are there (the agent's is in TMPDIR).
     files = list(changed_files(site.before, snapshot(site.scanned())))
     hits = s.search([("the agent's log", log), *site.served, *files])
     assert hits == [], hits
+
+
+def test_the_scan_finds_a_planted_username(site: Site) -> None:
+    """The same search over an agent that logs each login's username finds it: the scan can fail."""
+    site.start_agent(PLANTED, "planted.log", NODEAGENT_PLANT_LEAK="openvpn")
+    c = site.clients[-1]
+    site.connect(c, "b7")
+    c.stop()
+    site.stop_agent()
+    hits = secrets(site).search([("planted", (site.dir / "planted.log").read_bytes())])
+    assert hits == ["b7 username in planted"], hits

@@ -160,3 +160,21 @@ def test_a_server_going_stale(fleet: Fleet, page: Page) -> None:
     finally:
         fleet.active.add(name)
     fleet.wait_all_online()
+
+
+def test_the_script_refreshes_in_place(fleet: Fleet, page: Page) -> None:
+    name = "se-sto-02"
+    before = fleet.load[name]
+    page.goto(fleet.url + "/?sort=name")
+    row = page.locator("#servers tbody tr", has=page.locator("th", has_text=name))
+    expect(row.locator(".meter span")).to_have_text(f"{before} %")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    fleet.load[name] = 99 if before != 99 else 98
+    try:
+        # No reload: the script's conditional refresh brings the new figure (a new snapshot
+        # within publish_every, then the next refresh).
+        expect(row.locator(".meter span")).to_have_text(f"{fleet.load[name]} %", timeout=90_000)
+        assert navigations == []
+    finally:
+        fleet.load[name] = before

@@ -3,12 +3,7 @@
 Each ``*_findings`` function takes what :mod:`nodeagent.privacy.audit_host`
 read (file texts with their host paths, a few settings, the logging chains of
 the rulesets) and decides; none touches the file system or runs a command.
-
-Sources for the OpenVPN verbosity threshold: ``src/openvpn/errlevel.h`` puts
-``D_HANDSHAKE`` ("Peer Connection Initiated with [AF_INET]<address>:<port>") at
-level 2 and ``D_MULTI_LOW`` (new-connection lines) at level 3; the manual calls
-1 to 4 the normal range and 1 the default. So ``verb`` 2 and above write every
-client's real address on every connection.
+OpenVPN's own checks are in :mod:`nodeagent.privacy.audit_openvpn`.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DYNDBG",
     "MAX_LINGER",
-    "OPENVPN_MAX_VERB",
     "AgentConfigFacts",
     "ConntrackFacts",
     "HostFile",
@@ -41,14 +35,12 @@ __all__ = [
     "dynamic_debug_findings",
     "journald_findings",
     "netfilter_findings",
-    "openvpn_findings",
     "wg_quick_findings",
 ]
 
 DEFAULT_CONFIG = "/etc/nodeagent/config.yaml"
 #: The longest a client's IP may linger after it goes quiet before the audit objects.
 MAX_LINGER = 300.0
-OPENVPN_MAX_VERB = 1
 _SCRUB_FLOOR = 180.0
 DYNDBG = "/sys/kernel/debug/dynamic_debug/control"
 
@@ -127,53 +119,6 @@ def journald_findings(facts: JournaldFacts) -> list[Finding]:
             )
         ]
     return []
-
-
-# --- OpenVPN --------------------------------------------------------------------
-
-_OVPN_FILE_DIRECTIVES = {
-    "status": "writes a status file listing each client's real address and byte counts",
-    "log": "writes its log, with client addresses, to a file",
-    "log-append": "writes its log, with client addresses, to a file",
-    "ifconfig-pool-persist": "keeps which client got which tunnel address on disk",
-}
-
-
-def _ovpn_directives(text: str) -> Iterator[tuple[str, list[str]]]:
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;" or line.startswith("<"):
-            continue
-        parts = line.split()
-        yield parts[0].lstrip("-").lower(), parts[1:]
-
-
-def openvpn_findings(files: Sequence[HostFile]) -> list[Finding]:
-    """Over OpenVPN's configuration files (``/etc/openvpn/**/*.conf``)."""
-    out: list[Finding] = []
-    for where, text in files:
-        for name, args in _ovpn_directives(text):
-            if name in _OVPN_FILE_DIRECTIVES and not (args and args[0] == "/dev/null"):
-                out.append(
-                    Finding(
-                        f"openvpn-{name}",
-                        where,
-                        f"'{name}' {_OVPN_FILE_DIRECTIVES[name]}",
-                        f"remove the '{name}' line (nodeagent reads aggregate load-stats "
-                        "over the management socket instead)",
-                    )
-                )
-            elif name == "verb" and args and args[0].isdigit() and int(args[0]) > OPENVPN_MAX_VERB:
-                out.append(
-                    Finding(
-                        "openvpn-verb",
-                        where,
-                        f"'verb' above {OPENVPN_MAX_VERB} logs every client's real address "
-                        "on connection (D_HANDSHAKE is level 2)",
-                        f"set 'verb {OPENVPN_MAX_VERB}' (or 0), with 'mute-replay-warnings'",
-                    )
-                )
-    return out
 
 
 # --- wg-quick -------------------------------------------------------------------

@@ -161,6 +161,28 @@ def test_sparkline_keeps_gaps() -> None:
     start = int(NOW) - HISTORY_SPAN
     step = HISTORY_STEP
     history = ((start, 10.0), (start + step, 20.4), (start + 4 * step, 100.0), (start - step, 1.0))
-    assert sparkline(history, NOW) == "M0 90L1 80M4 0"
-    assert sparkline(((start + step, 50.0),), NOW) == "M1 50h1"
+    # The window is the 96 steps up to and including the current one: ``start`` is out.
+    assert sparkline(history, NOW) == "M0 80M3 0"
+    assert sparkline(((start + step, 50.0),), NOW) == "M0 50h1"
+    assert sparkline(((start + step, 50.0),), NOW + step - 1) == "M0 50h1"
+    assert sparkline(((start + step, 50.0),), NOW + step) == ""
     assert sparkline((), NOW) == ""
+
+
+def test_rows_are_reused_while_nothing_changed() -> None:
+    from dataclasses import replace
+
+    from nodeagent.central.collector.page import RowCache, prepare
+
+    cache: RowCache = {}
+    first = prepare(SNAPSHOT, cache)
+    assert prepare(SNAPSHOT, cache) == first
+    changed = replace(SNAPSHOT.servers[0], online=False)
+    later = replace(SNAPSHOT, version=8, servers=(changed, *SNAPSHOT.servers[1:]))
+    again = prepare(later, cache)
+    assert again[0] is not first[0] and again[0].server.online is False
+    assert all(a is b for a, b in zip(again[1:], first[1:], strict=True))
+    # A step later every sparkline moves: nothing is reused.
+    moved = prepare(replace(later, at=NOW + HISTORY_STEP), cache)
+    assert not any(a is b for a, b in zip(moved, again, strict=True))
+    assert len(prepare(replace(later, servers=later.servers[:2]), cache)) == 2 and len(cache) == 2

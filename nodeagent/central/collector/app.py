@@ -29,7 +29,7 @@ from nodeagent.central.collector import apis
 from nodeagent.central.collector.document import BadDocument, parse_document
 from nodeagent.central.collector.fleet import Fleet, Snapshot
 from nodeagent.central.collector.metrics import CollectorMetrics
-from nodeagent.central.collector.page import Query, Row, prepare, render_page
+from nodeagent.central.collector.page import Query, Row, RowCache, prepare, render_page
 from nodeagent.central.collector.verify import Refused, verify_push
 
 log = logging.getLogger(__name__)
@@ -127,13 +127,14 @@ def make_app(ctx: Context) -> web.Application:
     cache: dict[object, _Cached] = {}
     cache_version = [-1]
     prepared: list[tuple[Row, ...]] = [()]
+    row_cache: RowCache = {}
 
     def cached(key: object, make: Callable[[], tuple[bytes, str]]) -> _Cached:
         snap = ctx.fleet.snapshot
         if cache_version[0] != snap.version:
             cache.clear()
             cache_version[0] = snap.version
-            prepared[0] = prepare(snap)
+            prepared[0] = prepare(snap, row_cache)
         hit = cache.get(key)
         if hit is None:
             body, content_type = make()

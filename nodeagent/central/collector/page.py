@@ -13,7 +13,7 @@ accessible name ("Server load is at 37 %").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,12 @@ def _level(percent: int | None) -> str:
 
 
 def sparkline(history: tuple[tuple[int, float], ...], now: float) -> str:
-    """An SVG path of the 24 h before ``now`` (x: a unit a step, y: 100 - percent); gaps stay."""
-    start = int(now) - HISTORY_SPAN
+    """An SVG path of the 24 h before ``now`` (x: a unit a step, y: 100 - percent); gaps stay.
+
+    The window is aligned to the steps, so the path changes only with the
+    history or at a step boundary (and a row can be reused until then).
+    """
+    start = (int(now) // HISTORY_STEP + 1) * HISTORY_STEP - HISTORY_SPAN
     parts: list[str] = []
     previous: int | None = None
     for at, percent in history:
@@ -154,9 +158,38 @@ def _key(sort: str) -> Callable[[Row], tuple[Any, ...]]:
     return lambda r: (r.percent is None, r.percent or 0, r.server.config.name.lower())
 
 
-def prepare(snapshot: Snapshot) -> tuple[Row, ...]:
-    """Every server's row, unsorted: made once per snapshot, whatever the queries."""
-    return tuple(_row(s, snapshot.at) for s in snapshot.servers)
+RowCache = dict[str, tuple[Hashable, Row]]
+
+
+def _row_key(s: Server, now: float) -> Hashable:
+    h = s.history
+    # The history changes only at its ends: a new or growing last step, a pruned first one.
+    return (s.config, s.online, s.reading, len(h), h[:1], h[-1:], int(now) // HISTORY_STEP)
+
+
+def prepare(snapshot: Snapshot, cache: RowCache | None = None) -> tuple[Row, ...]:
+    """Every server's row, unsorted: made once per snapshot, whatever the queries.
+
+    With ``cache`` (kept by the caller across snapshots), a server whose row
+    would not change keeps the one made before: between two snapshots of a
+    large fleet most servers have sent nothing new.
+    """
+    rows = []
+    for s in snapshot.servers:
+        key = _row_key(s, snapshot.at)
+        hit = cache.get(s.config.name) if cache is not None else None
+        if hit is not None and hit[0] == key:
+            rows.append(hit[1])
+            continue
+        row = _row(s, snapshot.at)
+        if cache is not None:
+            cache[s.config.name] = (key, row)
+        rows.append(row)
+    if cache is not None and len(cache) > len(rows):
+        names = {s.config.name for s in snapshot.servers}
+        for gone in [n for n in cache if n not in names]:
+            del cache[gone]
+    return tuple(rows)
 
 
 def rows(snapshot: Snapshot, query: Query, prepared: tuple[Row, ...] | None = None) -> list[Row]:

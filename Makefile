@@ -65,3 +65,5 @@ bench: deps-netns deps-kernel
 	$(PYTHON) -m bench.status_bench
 	$(PYTHON) -m bench.reload_bench
 	$(PYTHON) -m bench.feed_bench
+	$(PYTHON) -m bench.openvpn_bench
+	$(PYTHON) -m bench.collector_bench

@@ -26,6 +26,7 @@ import schemathesis
 from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core import NotSet
 
 from nodeagent.central.collector.config import CollectorConfig, NodeConfig
 from nodeagent.central.collector.service import Collector
@@ -105,7 +106,15 @@ def signed(live: LiveCollector, case: schemathesis.Case) -> requests.Response:
     body = case.body
     if isinstance(body, dict) and "node" in body:
         body = {**body, "node": node}
-    data = json.dumps(body).encode()
+    # Negative cases may come with a body for another media type (bytes or text), or none.
+    if isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        data = body.encode()
+    elif isinstance(body, NotSet):
+        data = b""
+    else:
+        data = json.dumps(body).encode()
     headers = signed_headers(node, SECRETS[node], live.timestamp(), data)
     return requests.post(f"{live.url}/api/v1/push", data=data, headers=headers, timeout=30)
 

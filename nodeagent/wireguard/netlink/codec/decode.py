@@ -15,6 +15,7 @@ from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,
     NLA_HDR,
+    NLA_TYPE_MASK,
     NLM_F_DUMP_INTR,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -89,6 +90,7 @@ class DeviceDecoder:
 
     def _peers_nest(self, buf: bytes, pos: int, end: int) -> None:
         fast, fast_size, fast_hdrs = _PEER_FAST.unpack_from, _PEER_FAST.size, _PEER_FAST_HDRS
+        hdr = NLA_HDR.unpack_from
         peers = self._peers
         for _t, first, pend in iter_attrs(buf, pos, end, "bad peer length"):
             p = first
@@ -107,17 +109,25 @@ class DeviceDecoder:
                 ):
                     key, psk = r[2], r[5]
                     p += fast_size
-            for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
-                if atype == WGPEER_A_ALLOWEDIPS:
-                    _allowed_ips(buf, a, b, ips)
-                elif atype == WGPEER_A_PUBLIC_KEY:
-                    if b - a != KEY_LEN:
-                        raise DecodeError("bad public key length")
-                    key = buf[a:b]
-                elif atype == WGPEER_A_PRESHARED_KEY:
-                    if b - a != KEY_LEN:
-                        raise DecodeError("bad preshared key length")
-                    psk = buf[a:b]
+                    # The kernel's last attribute of a peer without an endpoint: its
+                    # allowed IPs, up to the peer's end (no walker for one element).
+                    if p + 4 <= pend:
+                        alen, atype = hdr(buf, p)
+                        if atype & NLA_TYPE_MASK == WGPEER_A_ALLOWEDIPS and p + alen == pend:
+                            _allowed_ips(buf, p + 4, pend, ips)
+                            p = pend
+            if p < pend:  # what the fast paths did not take, in any order
+                for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
+                    if atype == WGPEER_A_ALLOWEDIPS:
+                        _allowed_ips(buf, a, b, ips)
+                    elif atype == WGPEER_A_PUBLIC_KEY:
+                        if b - a != KEY_LEN:
+                            raise DecodeError("bad public key length")
+                        key = buf[a:b]
+                    elif atype == WGPEER_A_PRESHARED_KEY:
+                        if b - a != KEY_LEN:
+                            raise DecodeError("bad preshared key length")
+                        psk = buf[a:b]
             if key is None:
                 raise DecodeError("peer without public key")
             if key == self._last:

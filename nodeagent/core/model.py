@@ -56,7 +56,7 @@ class AllowedIP(NamedTuple):
         family = socket.AF_INET6 if ":" in addr_text else socket.AF_INET
         try:
             packed = socket.inet_pton(family, addr_text)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, quoted in its text
             raise ValueError("allowed IP is not an IP network") from None
         bits = len(packed) * 8
         if not slash:

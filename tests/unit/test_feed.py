@@ -124,3 +124,10 @@ def test_bad_documents_are_rejected_without_quoting_values(
     assert fragment in message
     for secret in (K1, K2, PSK, key("f", 1).hex(), "10.8.0", "192.0.2.9", "u48151623", "md5$"):
         assert secret not in message
+
+
+@pytest.mark.parametrize("text", ["10.0.0.\x00/32", "\udcff/32", "fd00::\x00/128"])
+def test_an_allowed_ip_error_quotes_nothing_of_the_input(text: str) -> None:
+    with pytest.raises(ValueError) as e:
+        AllowedIP.parse(text)
+    assert str(e.value) == "allowed IP is not an IP network"

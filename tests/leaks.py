@@ -263,6 +263,10 @@ def fetch(url: str, method: str = "GET") -> bytes:
         return str(e.headers).encode() + e.read()
 
 
+# How long the agent may take to converge: generous, since the VM runs ~10x slower.
+CONVERGE_S = 300.0
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -327,7 +331,10 @@ def run_agent(site: Site, tmp_path: Path, argv_head: list[str], env: dict[str, s
             )  # fmt: skip
         try:
             try:
-                wait_for(lambda: converged(site))
+                # A deadline, not a speed: inside the kernel tier's VM the agent's imports
+                # alone take ~30 s and everything runs ~10x slower than on the host.
+                wait_for(lambda: agent.poll() is not None or converged(site), CONVERGE_S)
+                assert agent.poll() is None, f"the agent exited with {agent.returncode}"
             except AssertionError:
                 tail = log_path.read_bytes()[-6000:].decode(errors="replace")
                 raise AssertionError(f"the agent did not converge; its log ends:\n{tail}") from None

@@ -9,7 +9,7 @@ NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl open
 BROWSER_PKGS = chromium fonts-liberation
 KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-tools iproute2 iputils-ping
 
-.PHONY: test test-unit test-fuzz test-netns test-kernel test-browser lint bench demo fuzz deps-python deps-netns deps-kernel
+.PHONY: test test-unit test-fuzz test-netns test-kernel test-browser test-system lint bench demo fuzz deps-python deps-netns deps-kernel install uninstall
 
 test: lint test-unit test-fuzz test-netns test-kernel test-browser
 
@@ -54,9 +54,25 @@ test-browser: deps-python
 test-kernel: deps-kernel
 	$(PYTHON) -m tests.kernel.vm -- $(PYTEST) tests/kernel
 
-# The whole system in network namespaces: feed server, agent, wireguard-go, a client, iperf3.
+# The whole system in network namespaces: feed server, agents, VPN servers and clients, the status page.
+DEMO_ARGS ?=
 demo: deps-netns
-	$(PYTHON) -m nodeagent lab
+	$(PYTHON) -m nodeagent lab $(DEMO_ARGS)
+
+# Debian with systemd as PID 1 in a VM: installs as the README says and checks the unit there.
+SYSTEM_PKGS = qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs kmod
+test-system: deps-python
+	$(APT) $(SYSTEM_PKGS)
+	$(PYTEST) tests/system
+
+# Install on this Debian machine as root (see the README): /opt/nodeagent, units, users, /etc.
+# PIP_INSTALL_ARGS passes options to pip, e.g. "--no-index --find-links=DIR" with no network.
+PIP_INSTALL_ARGS ?=
+install:
+	PIP_INSTALL_ARGS="$(PIP_INSTALL_ARGS)" scripts/install
+
+uninstall:
+	scripts/uninstall
 
 bench: deps-netns deps-kernel
 	$(APT) wrk

@@ -3,7 +3,7 @@ PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 APT = scripts/ensure-apt
 
-UNIT_PKGS = prometheus openssl
+UNIT_PKGS = prometheus openssl systemd
 NETNS_PKGS = wireguard-go wireguard-tools iproute2 iputils-ping iperf3 curl openvpn openssl prometheus
 # fonts-liberation: only a Recommends of chromium, and ensure-apt installs without those.
 BROWSER_PKGS = chromium fonts-liberation

@@ -16,14 +16,11 @@ import errno
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
 from nodeagent.core.model import KEY_LEN, Peer, Plan
 from nodeagent.wireguard.netlink import codec as nlwire
-
-if TYPE_CHECKING:
-    from nodeagent.wireguard.netlink.backend import KernelBackend
+from nodeagent.wireguard.netlink.conversation import NetlinkConversation
 
 Clock = Callable[[], float]
 
@@ -151,9 +148,9 @@ def readd_messages(family: int, ifname: str, peers: Sequence[Peer], seq: int) ->
 
 
 class KernelScrubPort:
-    """The scrubber's view of a :class:`KernelBackend`."""
+    """The scrubber's view of a kernel backend's netlink conversation."""
 
-    def __init__(self, backend: KernelBackend, *, clock: Clock = time.time) -> None:
+    def __init__(self, backend: NetlinkConversation, *, clock: Clock = time.time) -> None:
         self._backend = backend
         self._clock = clock
 

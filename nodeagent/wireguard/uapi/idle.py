@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nodeagent.core.backend import BackendError
 from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
 from nodeagent.core.model import KEY_LEN, Peer, Plan
 from nodeagent.wireguard.uapi import text as uapi_text
 
-if TYPE_CHECKING:
-    from nodeagent.wireguard.uapi.backend import UapiBackend
-
 Clock = Callable[[], float]
+
+
+class UapiEndpoint(Protocol):
+    """What the scrubber needs of a userspace backend: its socket and a way to talk to it."""
+
+    @property
+    def interface(self) -> str: ...
+
+    @property
+    def socket_path(self) -> str: ...
+
+    def exchange(self, socket_path: str, request: bytes) -> str: ...
 
 
 def _key(value: str) -> bytes:
@@ -92,11 +101,11 @@ def readd_lines(peers: Sequence[Peer]) -> list[str]:
 
 
 class UapiScrubPort:
-    """The scrubber's view of a :class:`UapiBackend` (one connection per operation)."""
+    """The scrubber's view of a userspace backend (one connection per operation)."""
 
     def __init__(
         self,
-        backend: UapiBackend,
+        backend: UapiEndpoint,
         *,
         clock: Clock = time.time,
         exchange_fn: Callable[[str, bytes], str] | None = None,

@@ -39,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running agent's /status")
     status.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     status.add_argument("--token-file", metavar="FILE", help="bearer token for the endpoint")
-    sub.add_parser("lab", help="run the whole system in network namespaces on this machine")
+    lab = sub.add_parser("lab", help="run the whole system in network namespaces on this machine")
+    lab.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl+C)"
+    )
+    lab.add_argument(
+        "--port", type=int, default=8600, help="the status page's port on 127.0.0.1 (default 8600)"
+    )
     collector = sub.add_parser("collector", help="run the status collector and public page")
     collector.add_argument("-c", "--config", required=True, metavar="FILE")
     collector.add_argument("--check", action="store_true", help="validate the file, then exit")
@@ -66,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "lab":
         from nodeagent.lab.demo import run_demo
 
-        return run_demo()
+        return run_demo(args.duration, args.port)
     if args.command == "collector":
         from nodeagent.cli.collector import main_collector
 

@@ -42,6 +42,27 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
+# The commands the lab runs, and the Debian package of each (`make deps-netns` installs them).
+DEBIAN_PACKAGES = {
+    "ip": "iproute2",
+    "wireguard-go": "wireguard-go",
+    "wg": "wireguard-tools",
+    "ping": "iputils-ping",
+    "openvpn": "openvpn",
+    "openssl": "openssl",
+    "iperf3": "iperf3",
+}
+
+
+def missing_tools(tools: Sequence[str]) -> list[str]:
+    """``"TOOL (Debian package PKG)"`` for each of ``tools`` not on PATH."""
+    return [
+        f"{tool} (Debian package {DEBIAN_PACKAGES.get(tool, tool)})"
+        for tool in tools
+        if shutil.which(tool) is None
+    ]
+
+
 def unique_name(prefix: str) -> str:
     """``prefix`` plus random hex, at most the kernel's limit: safe for links and sockets."""
     room = MAX_INTERFACE_NAME - len(prefix)

@@ -8,27 +8,50 @@ fails half-way.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from nodeagent.lab.netns import LabError, Namespace, VethPair, genkey, unique_name, veth_pair
+from nodeagent.lab.interrupts import held
+from nodeagent.lab.netns import (
+    LabError,
+    Namespace,
+    VethPair,
+    genkey,
+    run,
+    unique_name,
+    veth_pair,
+)
 from nodeagent.lab.wireguard_go import WireguardGo
 from nodeagent.wireguard.uapi import text as uapi_text
 
 
 class Lab:
-    """Owns every namespace and daemon it made, and removes them all on close, newest first."""
+    """Owns every process, daemon, root link and namespace it made; removes them all on close.
+
+    Each is recorded before (or, under ``interrupts.held``, together with) its
+    creation, so a SIGINT at any moment leaves nothing outside the books.
+    """
 
     def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._daemons: list[WireguardGo] = []
+        self._root_links: list[str] = []
         self._namespaces: list[Namespace] = []
 
     def namespace(self, prefix: str = "nal") -> Namespace:
-        ns = Namespace.create(prefix=prefix)
-        self._namespaces.append(ns)
-        return ns
+        name = unique_name(prefix)
+        # Recorded first: a namespace made half-way is still deleted
+        # (deleting one that was never made is no error).
+        self._namespaces.append(Namespace(name))
+        return Namespace.create(name)
 
     def wireguard_go(self, namespace: Namespace, prefix: str = "wgl") -> WireguardGo:
         """Start a wireguard-go interface with a unique name in ``namespace``."""
@@ -39,21 +62,55 @@ class Lab:
         wg.start()
         return wg
 
+    def root_link(self, prefix: str) -> str:
+        """A unique name for a link in the host's namespace, deleted at close (create it next)."""
+        name = unique_name(prefix)
+        self._root_links.append(name)
+        return name
+
+    def process(
+        self,
+        argv: Sequence[str],
+        *,
+        ns: Namespace | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a command (in ``ns`` if given), output appended to ``log``; stopped at close."""
+        full = ns.argv(argv) if ns is not None else list(argv)
+        with held(), contextlib.ExitStack() as stack:
+            out = stack.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL
+            proc = subprocess.Popen(
+                full, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+            self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        """SIGTERM one process, SIGKILL if it lingers (it stays in the books: close skips it)."""
+        _stop_all([proc], timeout)
+
     def close(self) -> None:
-        """Stop daemons, then delete namespaces; carries on past failures and reports the first."""
+        """Processes, daemons, root links, namespaces; goes on past failures, reports the first.
+
+        Each item leaves the books as it is handled, so a close that was cut
+        short can be run again.
+        """
         first: BaseException | None = None
-        for wg in reversed(self._daemons):
+        _stop_all(self._procs, 10.0)
+        self._procs.clear()
+        while self._daemons:
             try:
-                wg.stop()
+                self._daemons.pop().stop()
             except Exception as e:
                 first = first or e
-        for ns in reversed(self._namespaces):
+        while self._root_links:
+            run(["ip", "link", "delete", self._root_links.pop()], check=False)
+        while self._namespaces:
             try:
-                ns.delete()
+                self._namespaces.pop().delete()
             except Exception as e:
                 first = first or e
-        self._daemons.clear()
-        self._namespaces.clear()
         if first is not None:
             raise LabError("lab cleanup failed") from first
 
@@ -64,6 +121,19 @@ class Lab:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in live:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 @dataclass
@@ -110,39 +180,74 @@ class TunnelPair:
         return self.client_ns.popen(self.ping_argv(count, interval, wait))
 
 
+@dataclass(frozen=True)
+class WgEnd:
+    """One wireguard-go interface of the lab with its key pair."""
+
+    wg: WireguardGo
+    private: bytes
+    public: bytes
+
+
+def wg_server(lab: Lab, ns: Namespace, address: str, port: int, prefix: str = "wgs") -> WgEnd:
+    """A wireguard-go server: key, listen port, ``address`` (with its prefix), up; no peers."""
+    wg = lab.wireguard_go(ns, prefix)
+    private, public = genkey()
+    wg.uapi_set(uapi_text.device_lines(private, port))
+    wg.up(address)
+    return WgEnd(wg, private, public)
+
+
+def wg_client(
+    lab: Lab,
+    ns: Namespace,
+    *,
+    server_public: bytes,
+    endpoint: str,
+    address: str,
+    subnet: str,
+    prefix: str = "wgc",
+) -> WgEnd:
+    """A wireguard-go client: the server at ``endpoint`` is its one peer, routing ``subnet``."""
+    wg = lab.wireguard_go(ns, prefix)
+    private, public = genkey()
+    wg.uapi_set(
+        [
+            *uapi_text.device_lines(private, 0),
+            f"public_key={server_public.hex()}",
+            f"endpoint={endpoint}",
+            "replace_allowed_ips=true",
+            f"allowed_ip={subnet}",
+        ]
+    )
+    wg.up(f"{address}/32")
+    ns.ip("route", "add", subnet, "dev", wg.name)
+    return WgEnd(wg, private, public)
+
+
 def tunnel_pair(lab: Lab, *, server_port: int = 51820) -> TunnelPair:
     """Build a :class:`TunnelPair` inside ``lab`` (which tears it down)."""
     server_ns = lab.namespace("nas")
     client_ns = lab.namespace("nac")
     veth = veth_pair(server_ns, client_ns, address_a="192.0.2.1/24", address_b="192.0.2.2/24")
-    server = lab.wireguard_go(server_ns, "wgs")
-    client = lab.wireguard_go(client_ns, "wgc")
-    server_private, server_public = genkey()
-    client_private, client_public = genkey()
-
-    server.uapi_set(uapi_text.device_lines(server_private, server_port))
-    server.up("10.99.0.1/24")
-
-    client.uapi_set(
-        [
-            *uapi_text.device_lines(client_private, 0),
-            f"public_key={server_public.hex()}",
-            f"endpoint={veth.ip_a}:{server_port}",
-            "replace_allowed_ips=true",
-            "allowed_ip=10.99.0.0/24",
-        ]
+    server = wg_server(lab, server_ns, "10.99.0.1/24", server_port)
+    client = wg_client(
+        lab,
+        client_ns,
+        server_public=server.public,
+        endpoint=f"{veth.ip_a}:{server_port}",
+        address="10.99.0.2",
+        subnet="10.99.0.0/24",
     )
-    client.up("10.99.0.2/32")
-    client_ns.ip("route", "add", "10.99.0.0/24", "dev", client.name)
     return TunnelPair(
         server_ns=server_ns,
         client_ns=client_ns,
-        server=server,
-        client=client,
+        server=server.wg,
+        client=client.wg,
         veth=veth,
-        server_private=server_private,
-        server_public=server_public,
-        client_private=client_private,
-        client_public=client_public,
+        server_private=server.private,
+        server_public=server.public,
+        client_private=client.private,
+        client_public=client.public,
         server_port=server_port,
     )

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from nodeagent.core.names import UAPI_SOCKET_DIR, interface_name_problem, uapi_socket_path
+from nodeagent.lab.interrupts import held
 from nodeagent.lab.netns import LabError, Namespace
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.backend import exchange
@@ -47,12 +48,13 @@ class WireguardGo:
         # Output goes to a file, not a pipe: a pipe nobody drains would block
         # the daemon once it fills.
         with tempfile.TemporaryFile() as out:
-            self._proc = subprocess.Popen(
-                self.namespace.argv(["wireguard-go", "-f", self.name]),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **_WG_ENV},
-            )
+            with held():  # a SIGINT cannot land between the fork and the assignment
+                self._proc = subprocess.Popen(
+                    self.namespace.argv(["wireguard-go", "-f", self.name]),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **_WG_ENV},
+                )
             return self._wait_started(out, timeout)
 
     def _wait_started(self, out: IO[bytes], timeout: float) -> Self:

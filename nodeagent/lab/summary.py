@@ -126,15 +126,15 @@ def render(snap: Snapshot, width: int = 80) -> list[str]:
         f"nodeagent demo - public status page: {snap.url}",
         progress(snap.elapsed, snap.duration),
         "",
-        f"{'server':<12} {'VPN':<10} {'online':<7} {'load':<{BAR + 7}} {'uplink':>6} "
-        f"{'in Mbit/s':>9} {'out Mbit/s':>10}",
+        f"{'server':<12} {'VPN':<10} {'online':<7} {'load':<{BAR + 7}} {'uplink':>6}  "
+        f"{'in Mbit/s':>9}  {'out Mbit/s':>10}",
     ]
     for s in snap.servers:
         live = s if s.online else ServerFigures(s.name, s.kind)
         lines.append(
             f"{s.name:<12} {s.kind:<10} {'yes' if s.online else 'no':<7} "
-            f"{_percent(live.load_percent, True)} {_percent(live.uplink_percent):>6} "
-            f"{mbit(live.rx_bps):>9} {mbit(live.tx_bps):>10}"
+            f"{_percent(live.load_percent, True)} {_percent(live.uplink_percent):>6}  "
+            f"{mbit(live.rx_bps):>9}  {mbit(live.tx_bps):>10}"
         )
     lines.append("(load: the busier of uplink and CPU, as published; the servers share one CPU)")
     lines += ["", "feed and customers (newest last):"]

@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from nodeagent.lab.netns import Namespace, veth_pair
+from nodeagent.lab.openvpn import client_argv, password_hash, server_files
 from nodeagent.lab.tunnel import Lab
 from tests.leaks import AGENT, PLANTED, Secrets, changed_files, free_port, secret_file, snapshot
 from tests.peerdata import write_atomic
-from tests.unit.test_openvpn_auth import make_hash
 
 SERVER_TUN = "tun-ovs"
 SERVER_TUNNEL_IP = "10.99.0.1"
@@ -44,24 +44,6 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> N
     while not cond():
         assert time.monotonic() < deadline, f"{what}: not reached in time"
         time.sleep(0.2)
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_pki(d: Path) -> None:
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=nodeagent-test-ca", cwd=d)  # fmt: skip
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server", cwd=d)
-    (d / "ext.cnf").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyAgreement\n"
-        "extendedKeyUsage=serverAuth\n"
-    )
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
-            cwd=d)  # fmt: skip
 
 
 @dataclass
@@ -83,7 +65,7 @@ _HASHES: dict[str, str] = {}
 def make_hash_example(password: str) -> str:
     # The example's cost (N=16384, r=8): what a real login costs the agent.
     if password not in _HASHES:
-        _HASHES[password] = make_hash(password.encode(), n=16384, r=8)
+        _HASHES[password] = password_hash(password)
     return _HASHES[password]
 
 
@@ -103,12 +85,7 @@ class VpnClient:
     def start(self, username: str, password: str) -> None:
         self.stop()
         creds = secret_file(self.dir / "creds", f"{username}\n{password}\n")
-        argv = [
-            "openvpn", "--client", "--dev", "tun0", "--dev-type", "tun", "--proto", "udp",
-            "--remote", self.server_ip, "1194", "--nobind", "--ca", str(self.dir.parent / "ca.crt"),
-            "--auth-user-pass", str(creds), "--auth-retry", "none", "--connect-retry", "1", "1",
-            "--disable-dco", "--verb", "3", "--data-ciphers", "AES-256-GCM:AES-128-GCM",
-        ]  # fmt: skip
+        argv = client_argv(self.server_ip, self.dir.parent / "ca.crt", creds)
         out = (self.dir / "client.log").open("wb")
         self.proc = subprocess.Popen(self.ns.argv(argv), stdout=out, stderr=subprocess.STDOUT)
 
@@ -246,42 +223,12 @@ def account(site: Site, key: str, **kw: str) -> Account:
     return a
 
 
-SERVER_CONF = """\
-dev {tun}
-dev-type tun
-proto udp
-port 1194
-topology subnet
-server 10.99.0.0 255.255.255.0
-ca {d}/ca.crt
-cert {d}/server.crt
-key {d}/server.key
-dh none
-verify-client-cert none
-username-as-common-name
-management {d}/mgmt.sock unix {d}/mgmt.pw
-management-client-auth
-management-hold
-keepalive 2 10
-hand-window 60
-reneg-sec 0
-explicit-exit-notify 1
-disable-dco
-verb 1
-mute-replay-warnings
-data-ciphers AES-256-GCM:AES-128-GCM
-"""
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     d = tmp_path_factory.mktemp("ovpn")
     for sub in ("cwd", "home", "tmp"):
         (d / sub).mkdir()
-    make_pki(d)
-    (d / "mgmt.pw").write_text("mgmt-pass-7f3a\n")
-    (d / "mgmt.pw").chmod(0o600)
-    (d / "server.conf").write_text(SERVER_CONF.format(tun=SERVER_TUN, d=d))
+    server_files(d, SERVER_TUN, "10.99.0.0", "mgmt-pass-7f3a")
     with Lab() as lab:
         server_ns = lab.namespace("nos")
         wg = lab.wireguard_go(server_ns, "wgo")

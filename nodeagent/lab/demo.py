@@ -41,6 +41,8 @@ from nodeagent.lab.tunnel import Lab
 
 TOOLS = ("ip", "wireguard-go", "wg", "ping", "openvpn", "openssl", "iperf3")
 EXPIRES_IN = 3  # seconds between the feed's change and the account's expiry
+# When the feed changes: a share of --duration, or seconds into a run without one.
+WHEN = {"join": (0.25, 20.0), "expire": (0.5, 40.0)}
 
 
 def prerequisites() -> list[str]:
@@ -81,9 +83,8 @@ class Story:
     done: set[str] = field(default_factory=set)
 
     def at(self, step: str) -> float:
-        """When each step happens: a quarter and half of the run, or 20 s and 40 s."""
-        share = {"join": 0.25, "expire": 0.5}[step]
-        return share * self.duration if self.duration else {"join": 20.0, "expire": 40.0}[step]
+        share, seconds = WHEN[step]
+        return share * self.duration if self.duration else seconds
 
     def note(self, elapsed: float, text: str, console: Console) -> None:
         self.events.append(Event(elapsed, text))

@@ -26,6 +26,7 @@ ETC=/etc/nodeagent
 IF=wg0
 PORT=51820
 WORK=$(mktemp -d)
+FEED_PEERS=/dev/null # the peers of the feed file as it stands
 
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 exec 3>/dev/ttyS1
@@ -183,6 +184,7 @@ EOF
     for i in 1 2 3 4 5; do peer "$i"; done >"$WORK/peers1"
     feed_json 1 <"$WORK/peers1" >"$WORK/feed.json"
     install -o root -g nodeagent -m 0640 "$WORK/feed.json" "$ETC/feed.json"
+    FEED_PEERS=$WORK/peers1
     local out rc
     out=$(nodeagent check-config -c "$ETC/config.yaml" 2>&1)
     rc=$?
@@ -265,9 +267,11 @@ check_reload() {
         fail reload "test bug: version 2 of the feed is not the same size as version 1"
         return
     fi
+    # Overwritten without truncating (the size never changes), then the old mtime.
     touch -r "$ETC/feed.json" "$WORK/mtime-ref"
-    cat "$WORK/feed2.json" >"$ETC/feed.json"
+    dd if="$WORK/feed2.json" of="$ETC/feed.json" conv=notrunc status=none
     touch -r "$WORK/mtime-ref" "$ETC/feed.json"
+    FEED_PEERS=$WORK/peers2
     sleep 5
     local note="the file watcher had not seen the in-place write"
     if ! kernel_matches "$WORK/peers1"; then
@@ -391,34 +395,42 @@ check_watchdog() {
         fail watchdog "restarted, but the hung process $pid is still there"
         return
     fi
-    if ! wait_for 60 kernel_matches "$WORK/peers2"; then
-        fail watchdog "restarted, but the kernel's peers are not the feed's: $(peer_diff "$WORK/peers2" | tail -n 1)"
+    if ! wait_for 60 kernel_matches "$FEED_PEERS"; then
+        fail watchdog "restarted, but the kernel's peers are not the feed's: $(peer_diff "$FEED_PEERS" | tail -n 1)"
         return
     fi
-    pass watchdog "WatchdogSec=$sec: killed and restarted $took s after SIGSTOP, new MainPID, active again; $(unit_state)"
+    local how
+    how=$(journalctl -u nodeagent --no-pager -o cat |
+        grep -E 'Watchdog timeout|Killing process|Main process exited|Failed with result' | paste -sd';')
+    pass watchdog "WatchdogSec=$sec: restarted $took s after SIGSTOP, new MainPID, active again, the feed's peers in place; $(unit_state); systemd: $how"
 }
 
 # --- 5. systemctl stop leaves every peer in place ----------------------------------------------
 check_stop() {
     needs stop start || return
-    local want="$WORK/peers2"
-    passed reload || want="$WORK/peers1"
+    local before
+    before=$(kernel_peers)
+    if [[ -z $before ]] || ! kernel_matches "$FEED_PEERS"; then
+        fail stop "not run: before the stop the kernel does not hold the feed's peers: $(peer_diff "$FEED_PEERS" | tail -n 1)"
+        return
+    fi
     local t0=$SECONDS out rc
     out=$(systemctl stop nodeagent 2>&1)
     rc=$?
     local took=$((SECONDS - t0))
+    say "stopped in $took s: $(unit_state)"
     if ((rc != 0)); then
         fail stop "systemctl stop nodeagent exit $rc: $out"
     elif [[ $(prop ActiveState) != inactive ]]; then
         fail stop "after stop: $(unit_state)"
     elif ! ip link show dev "$IF" >/dev/null 2>&1; then
         fail stop "the link $IF is gone after the stop"
-    elif ! kernel_matches "$want"; then
-        fail stop "after the stop: $(peer_diff "$want" | tail -n 1)"
-    elif sleep 3 && ! kernel_matches "$want"; then
-        fail stop "3 s after the stop: $(peer_diff "$want" | tail -n 1)"
+    elif ! kernel_matches "$FEED_PEERS"; then
+        fail stop "after the stop: $(peer_diff "$FEED_PEERS" | tail -n 1)"
+    elif sleep 3 && ! kernel_matches "$FEED_PEERS"; then
+        fail stop "3 s after the stop: $(peer_diff "$FEED_PEERS" | tail -n 1)"
     else
-        pass stop "stopped in ${took} s (Result=$(prop Result)); $IF keeps all $(wc -l <"$want") peers with their allowed IPs"
+        pass stop "stopped in ${took} s (Result=$(prop Result)); $IF keeps all $(wc -l <"$FEED_PEERS") peers with their allowed IPs"
     fi
 }
 

@@ -23,12 +23,14 @@ import argparse
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHECKS = Path(__file__).with_name(image.CHECKS_SCRIPT)
 TIMEOUT_S = float(os.environ.get("NODEAGENT_SYSTEM_TIMEOUT", "900"))
 MEMORY = "2G"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
@@ -145,6 +148,7 @@ def boot(
     vmlinuz: str,
     run: Run,
     timeout: float = TIMEOUT_S,
+    progress: Callable[[str], None] = print,
 ) -> None:
     """Boot the overlay of ``base`` with ``inject`` as the second disk; wait for power-off."""
     version = image.kernel_version(vmlinuz)
@@ -201,7 +205,7 @@ def boot(
                     # Progress as it comes (pytest -s, or the standalone run).
                     for line in lines[seen:]:
                         if line.startswith(("RESULT", "TIME")):
-                            print(f"system: {line.strip()}", flush=True)
+                            progress(f"system: {line.strip()}")
                     seen = len(lines)
             if proc.poll() is None:
                 run.ended = f"killed: still running after {timeout:.0f} s"
@@ -214,13 +218,14 @@ def boot(
     if report.exists():
         parse_report(report.read_text(errors="replace"), run)
     if console.exists():
-        run.console = console.read_text(errors="replace").replace("\r", "")
+        text = ANSI.sub("", console.read_text(errors="replace").replace("\r", ""))
+        run.console = "\n".join(line for line in text.splitlines() if line.strip())
     qemu_text = (workdir / "qemu.log").read_text(errors="replace").strip()
     if qemu_text:
         run.console += f"\n--- qemu's own output\n{qemu_text}"
 
 
-def run_tier(keep: Path | None = None) -> Run:
+def run_tier(keep: Path | None = None, progress: Callable[[str], None] = print) -> Run:
     """Build or find the base image, inject this tree, boot, and return what the guest said."""
     run = Run()
     vmlinuz = image.newest_kernel()
@@ -241,7 +246,7 @@ def run_tier(keep: Path | None = None) -> Run:
         make_inject_disk(payload, inject)
         run.timings.append(("inject disk", time.monotonic() - t0))
         t0 = time.monotonic()
-        boot(base, inject, workdir, vmlinuz, run)
+        boot(base, inject, workdir, vmlinuz, run, progress=progress)
         run.timings.append(("vm total", time.monotonic() - t0))
     return run
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from nodeagent.core.model import format_key
 
-CAPACITY = "10Mbit"  # small uplinks, so a few Mbit/s of iperf3 make a visible load
-
 
 @dataclass
 class Account:
@@ -39,6 +37,7 @@ class NodeFiles:
     wg_interface: str | None = None
     openvpn_tun: str | None = None
     load_interfaces: list[str] = field(default_factory=list)
+    capacity: str = "10Mbit"  # small uplinks, so a few Mbit/s of iperf3 make a visible load
 
     @property
     def secret(self) -> Path:
@@ -72,7 +71,7 @@ def agent_config(node: NodeFiles, *, hub: str, feed_port: int, page_port: int, t
             f"interface: {node.openvpn_tun}}}",
         ]
     lines += [
-        f"load: {{interfaces: [{', '.join(node.load_interfaces)}], capacity: {CAPACITY}, "
+        f"load: {{interfaces: [{', '.join(node.load_interfaces)}], capacity: {node.capacity}, "
         "sample_interval: 1s, window: 3s}",
         "http: {listen: ['127.0.0.1:9586']}",
         f"push: {{url: 'http://{hub}:{page_port}/api/v1/push', secret_file: {node.secret}, "

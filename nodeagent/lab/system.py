@@ -46,12 +46,17 @@ class ServerSpec:
     kind: str  # "WireGuard" | "OpenVPN"
     place: Place
     rates: tuple[str, ...]  # one customer each (iperf3 -b); the last WireGuard one joins later
+    # The uplink's capacity: a few Mbit/s fill 10 Mbit/s (the page's fair-use note shows)
+    # and hardly show on 100 Mbit/s, without the demo itself loading the machine.
+    capacity: str = "10Mbit"
 
 
 SERVERS = (
     ServerSpec("nl-ams-01", "WireGuard", Place("Amsterdam", "Netherlands", "nl"), ("6M",)),
-    ServerSpec("de-fra-01", "WireGuard", Place("Frankfurt", "Germany", "de"), ("2M", "3M")),
-    ServerSpec("se-sto-01", "OpenVPN", Place("Stockholm", "Sweden", "se"), ("4M",)),
+    ServerSpec(
+        "de-fra-01", "WireGuard", Place("Frankfurt", "Germany", "de"), ("2M", "3M"), "20Mbit"
+    ),
+    ServerSpec("se-sto-01", "OpenVPN", Place("Stockholm", "Sweden", "se"), ("4M",), "100Mbit"),
 )
 
 
@@ -156,7 +161,7 @@ def build_network(lab: Lab, tmp: Path, page_port: int) -> System:
         ns.ip("link", "set", "uplink0", "up")
         d = tmp / spec.name
         d.mkdir()
-        server = Server(spec, ns, NodeFiles(spec.name, d))
+        server = Server(spec, ns, NodeFiles(spec.name, d, capacity=spec.capacity))
         system.servers.append(server)
         _customers(lab, server, k)
     return system

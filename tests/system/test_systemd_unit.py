@@ -48,13 +48,15 @@ def system_run(request: pytest.FixtureRequest) -> Iterator[Run]:
         image.newest_kernel()
     except RuntimeError as e:
         pytest.fail(f"system tier cannot run: {e}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def progress(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+        """Live on the terminal, past pytest's capture: the run takes minutes."""
+        if capture is None:
+            print(line, flush=True)
+            return
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
 
     progress("")
     progress("system: booting the Debian/systemd VM (a few minutes; a fresh cache adds ~2)")

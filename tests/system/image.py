@@ -151,10 +151,26 @@ def _configure(root: Path, version: str) -> None:
     shutil.rmtree(root / "var/log/journal", ignore_errors=True)
 
 
+def remove_build_dir(work: Path) -> None:
+    """Remove a build directory, first unmounting what an interrupted debootstrap left
+    mounted in it (its /proc, /sys, /dev): rmtree must never walk into the host's."""
+    prefix = str(work.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1].replace("\\040", " ") for line in f]
+    for point in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        subprocess.call(["umount", "-l", point])
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1].startswith(prefix) for line in f):
+            raise RuntimeError(f"image: {work} still has mounts; remove it by hand")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def build(image: Path, version: str) -> None:
     """debootstrap + configuration + mkfs.ext4 -d, into ``image`` (atomically)."""
+    # Under the cache's lock: a build directory left here is from a builder that died.
+    for stale in image.parent.glob("build-*"):
+        remove_build_dir(stale)
     work = image.parent / f"build-{image.stem}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log = work / "build.log"
     root = work / "root"
@@ -192,7 +208,7 @@ def build(image: Path, version: str) -> None:
         tmp.chmod(0o444)
         os.replace(tmp, image)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_build_dir(work)
 
 
 def base_image(vmlinuz: str) -> tuple[Path, bool]:

@@ -79,4 +79,7 @@ def test_check(system_run: Run, check: str, what: str) -> None:
         f"{check} ({what}): the guest never reported it ({system_run.ended}); "
         f"console tail:\n{system_run.console_tail()}"
     )
-    assert result.passed, f"{check} ({what}): {result.message}"
+    assert result.passed, (
+        f"{check} ({what}): {result.message}\n"
+        f"guest console while it ran:\n{system_run.console_of(check)}"
+    )

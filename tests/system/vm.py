@@ -63,6 +63,16 @@ class Run:
     def console_tail(self, lines: int = 60) -> str:
         return "\n".join(self.console.splitlines()[-lines:])
 
+    def console_of(self, check: str, lines: int = 60) -> str:
+        """The console between the previous check's RESULT line and this one's: what
+        the guest printed while running it (its diagnostics on failure)."""
+        text = self.console.splitlines()
+        end = next((i for i, t in enumerate(text) if t.startswith(f"RESULT {check} ")), None)
+        if end is None:
+            return self.console_tail(lines)
+        start = max((i + 1 for i, t in enumerate(text[:end]) if t.startswith("RESULT ")), default=0)
+        return "\n".join(text[start:end][-lines:])
+
     def timing_table(self) -> str:
         return "\n".join(f"  {name:<12} {seconds:7.1f} s" for name, seconds in self.timings)
 
@@ -83,13 +93,17 @@ def parse_report(text: str, run: Run) -> None:
 
 
 def copy_tree(dest: Path) -> None:
-    """The work tree as git sees it (tracked and untracked, not ignored), without .git."""
+    """The work tree as git sees it (tracked and untracked, not ignored), without .git;
+    outside a git checkout, the tree without .git, caches and build output."""
     listing = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
         capture_output=True,
-    ).stdout
-    for name in sorted(set(listing.decode().split("\0")) - {""}):
+    )
+    if listing.returncode != 0:
+        skip = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", ".*_cache")
+        shutil.copytree(REPO, dest, symlinks=True, ignore=skip)
+        return
+    for name in sorted(set(listing.stdout.decode().split("\0")) - {""}):
         src = REPO / name
         if not src.exists() and not src.is_symlink():
             continue  # deleted in the work tree

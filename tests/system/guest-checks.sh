@@ -25,6 +25,8 @@ SRC=/root/nodeagent-src
 ETC=/etc/nodeagent
 IF=wg0
 PORT=51820
+UIF=wgu0 # a wireguard-go interface (check_userspace)
+UAPI_SOCK=/run/wireguard/$UIF.sock
 WORK=$(mktemp -d)
 FEED_PEERS=/dev/null # the peers of the feed file as it stands
 
@@ -91,7 +93,18 @@ feed_json() { # VERSION < peers
         printf '%s\n  {"public_key": "%s", "allowed_ips": ["%s", "%s"]}' "$sep" "$key" "$ip4" "$ip6"
         sep=,
     done
-    printf '\n]}}}\n'
+    printf '\n]}'
+    # With USERSPACE_PEERS set, the userspace interface's peers too.
+    if [[ -n ${USERSPACE_PEERS:-} ]]; then
+        printf ', "%s": {"peers": [' "$UIF"
+        sep=""
+        while read -r key ip4 ip6; do
+            printf '%s\n  {"public_key": "%s", "allowed_ips": ["%s", "%s"]}' "$sep" "$key" "$ip4" "$ip6"
+            sep=,
+        done <"$USERSPACE_PEERS"
+        printf '\n]}'
+    fi
+    printf '}}\n'
 }
 # "key ip ip" with the IPs sorted, lines sorted: the feed's peers and the kernel's compare.
 normalize() {
@@ -302,6 +315,70 @@ check_reload() {
     fi
 }
 
+# --- 6b. wireguard-go: its UAPI socket is given to the agent, and to no one else -------------
+socket_given() { [[ -S $UAPI_SOCK && $(stat -c '%G %a' "$UAPI_SOCK") == "nodeagent 660" ]]; }
+userspace_peers() { wg show "$UIF" allowed-ips 2>/dev/null | normalize; }
+userspace_matches() { [[ "$(userspace_peers)" == "$(normalize <"$WORK/upeers")" ]]; }
+start_wireguard_go() {
+    WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go "$UIF" >>"$WORK/wireguard-go.log" 2>&1
+}
+check_userspace() {
+    needs userspace reload || return
+    modprobe tun 2>/dev/null
+    local out
+    if ! out=$(systemctl enable --now nodeagent-uapi-access.path 2>&1); then
+        fail userspace "systemctl enable --now nodeagent-uapi-access.path: $out"
+        return
+    fi
+    if ! start_wireguard_go; then
+        fail userspace "wireguard-go did not start: $(tail -n 3 "$WORK/wireguard-go.log")"
+        return
+    fi
+    if ! wait_for 30 socket_given; then
+        fail userspace "within 30 s the UAPI socket was not given to group nodeagent: $(stat -c '%A %U:%G' "$UAPI_SOCK" 2>&1)"
+        return
+    fi
+    if setpriv --reuid=nobody --regid=nogroup --clear-groups wg show "$UIF" >/dev/null 2>&1; then
+        fail userspace "user nobody could use the UAPI socket"
+        return
+    fi
+    local i
+    for i in 21 22 23; do peer "$i"; done >"$WORK/upeers"
+    # The feed names the new interface too, replaced whole (a rename, as operators should).
+    USERSPACE_PEERS=$WORK/upeers feed_json 3 <"$FEED_PEERS" >"$WORK/feed3.json"
+    install -o root -g nodeagent -m 0640 "$WORK/feed3.json" "$ETC/.feed.json.new"
+    mv "$ETC/.feed.json.new" "$ETC/feed.json"
+    sed "s|^  interfaces:\$|  interfaces:\n    - {name: $UIF, backend: userspace}|" "$WORK/config.yaml" >"$WORK/config3.yaml"
+    install -o root -g nodeagent -m 0640 "$WORK/config3.yaml" "$ETC/config.yaml"
+    if ! out=$(systemctl reload nodeagent 2>&1); then
+        diagnose
+        fail userspace "systemctl reload nodeagent: $out"
+        return
+    fi
+    if ! wait_for 60 userspace_matches; then
+        diagnose
+        fail userspace "within 60 s of the reload wireguard-go does not hold the feed's peers: $(userspace_peers | wc -l) of 3"
+        return
+    fi
+    # wireguard-go restarted: a new socket, given to the agent again, and the peers back.
+    ip link del "$UIF"
+    wait_for 10 test ! -S "$UAPI_SOCK"
+    if ! start_wireguard_go || ! wait_for 30 socket_given; then
+        fail userspace "after wireguard-go restarted the new socket was not given to the agent: $(stat -c '%A %U:%G' "$UAPI_SOCK" 2>&1)"
+        return
+    fi
+    if ! wait_for 60 userspace_matches; then
+        diagnose
+        fail userspace "within 60 s of wireguard-go's restart its peers are not back: $(userspace_peers | wc -l) of 3"
+        return
+    fi
+    if ! kernel_matches "$FEED_PEERS"; then
+        fail userspace "the kernel interface changed: $(peer_diff "$FEED_PEERS" | tail -n 1)"
+        return
+    fi
+    pass userspace "nodeagent-uapi-access gave $UAPI_SOCK to group nodeagent (660), user nobody is refused; the agent (CAP_NET_ADMIN only) synced wireguard-go's 3 peers after a reload and again after wireguard-go restarted"
+}
+
 # --- 6. the sandbox holds -------------------------------------------------------------------------
 check_sandbox() {
     needs sandbox start || return
@@ -442,7 +519,7 @@ check_journal() {
     local problems=() key hex n=0
     # Every public key any feed held (base64, also without its padding, and hex),
     # the interface's own private key, and the clients' allowed IPs.
-    cat "$WORK/peers1" "$WORK/peers2" 2>/dev/null | awk '{ print $1 }' | sort -u >"$WORK/keys"
+    cat "$WORK/peers1" "$WORK/peers2" "$WORK/upeers" 2>/dev/null | awk '{ print $1 }' | sort -u >"$WORK/keys"
     cat "$ETC/$IF.key" >>"$WORK/keys"
     while read -r key; do
         n=$((n + 1))
@@ -480,6 +557,8 @@ check_reload
 timing reload
 check_sandbox
 timing sandbox
+check_userspace
+timing userspace
 check_watchdog
 timing watchdog
 check_stop

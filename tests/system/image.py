@@ -43,9 +43,9 @@ PACKAGES = (
     "make",
     "passwd",
     "util-linux",
-    # /bin/kill, which the unit's ExecReload runs: Priority important, so on every
-    # standard Debian install, but not in minbase (there, reload fails 203/EXEC).
-    "procps",
+    # Not procps: the units must not need /bin/kill (minbase has none; reload once
+    # failed 203/EXEC there).
+    "wireguard-go",
 )
 IMAGE_SIZE = "3G"
 CACHE_DIR = Path(os.environ.get("NODEAGENT_SYSTEM_CACHE", "/var/cache/nodeagent-tests/system"))

@@ -315,8 +315,8 @@ check_reload() {
     fi
 }
 
-# --- 6b. wireguard-go: its UAPI socket is given to the agent, and to no one else -------------
-socket_given() { [[ -S $UAPI_SOCK && $(stat -c '%G %a' "$UAPI_SOCK") == "nodeagent 660" ]]; }
+# --- 6b. wireguard-go: the agent reaches its UAPI socket through the README's drop-in -------
+socket_closed() { [[ -S $UAPI_SOCK && $(stat -c '%U %G %a' "$UAPI_SOCK") == "root root 700" ]]; }
 userspace_peers() { wg show "$UIF" allowed-ips 2>/dev/null | normalize; }
 userspace_matches() { [[ "$(userspace_peers)" == "$(normalize <"$WORK/upeers")" ]]; }
 start_wireguard_go() {
@@ -325,46 +325,40 @@ start_wireguard_go() {
 check_userspace() {
     needs userspace reload || return
     modprobe tun 2>/dev/null
-    local out
-    if ! out=$(systemctl enable --now nodeagent-uapi-access.path 2>&1); then
-        fail userspace "systemctl enable --now nodeagent-uapi-access.path: $out"
-        return
-    fi
-    if ! start_wireguard_go; then
-        fail userspace "wireguard-go did not start: $(tail -n 3 "$WORK/wireguard-go.log")"
-        return
-    fi
-    if ! wait_for 30 socket_given; then
-        fail userspace "within 30 s the UAPI socket was not given to group nodeagent: $(stat -c '%A %U:%G' "$UAPI_SOCK" 2>&1)"
+    if ! start_wireguard_go || ! wait_for 30 socket_closed; then
+        fail userspace "wireguard-go did not make its socket: $(stat -c '%A %U:%G' "$UAPI_SOCK" 2>&1) $(tail -n 3 "$WORK/wireguard-go.log")"
         return
     fi
     if setpriv --reuid=nobody --regid=nogroup --clear-groups wg show "$UIF" >/dev/null 2>&1; then
         fail userspace "user nobody could use the UAPI socket"
         return
     fi
-    local i
+    local i out
     for i in 21 22 23; do peer "$i"; done >"$WORK/upeers"
-    # The feed names the new interface too, replaced whole (a rename, as operators should).
+    # The feed names the new interface too, replaced whole (a rename, as docs/feed.md says).
     USERSPACE_PEERS=$WORK/upeers feed_json 3 <"$FEED_PEERS" >"$WORK/feed3.json"
     install -o root -g nodeagent -m 0640 "$WORK/feed3.json" "$ETC/.feed.json.new"
     mv "$ETC/.feed.json.new" "$ETC/feed.json"
     sed "s|^  interfaces:\$|  interfaces:\n    - {name: $UIF, backend: userspace}|" "$WORK/config.yaml" >"$WORK/config3.yaml"
     install -o root -g nodeagent -m 0640 "$WORK/config3.yaml" "$ETC/config.yaml"
-    if ! out=$(systemctl reload nodeagent 2>&1); then
+    # As the README says for a userspace interface.
+    install -D -m 0644 /usr/share/doc/nodeagent/userspace.conf \
+        /etc/systemd/system/nodeagent.service.d/userspace.conf
+    if ! out=$(systemctl daemon-reload 2>&1 && systemctl restart nodeagent 2>&1); then
         diagnose
-        fail userspace "systemctl reload nodeagent: $out"
+        fail userspace "daemon-reload and restart with userspace.conf: $out"
         return
     fi
-    if ! wait_for 60 userspace_matches; then
+    if ! wait_for 90 userspace_matches; then
         diagnose
-        fail userspace "within 60 s of the reload wireguard-go does not hold the feed's peers: $(userspace_peers | wc -l) of 3"
+        fail userspace "within 90 s of the restart wireguard-go does not hold the feed's peers: $(userspace_peers | wc -l) of 3"
         return
     fi
-    # wireguard-go restarted: a new socket, given to the agent again, and the peers back.
+    # wireguard-go restarted behind the agent's back: a new socket, and the peers back.
     ip link del "$UIF"
     wait_for 10 test ! -S "$UAPI_SOCK"
-    if ! start_wireguard_go || ! wait_for 30 socket_given; then
-        fail userspace "after wireguard-go restarted the new socket was not given to the agent: $(stat -c '%A %U:%G' "$UAPI_SOCK" 2>&1)"
+    if ! start_wireguard_go || ! wait_for 30 socket_closed; then
+        fail userspace "wireguard-go did not start again: $(tail -n 3 "$WORK/wireguard-go.log")"
         return
     fi
     if ! wait_for 60 userspace_matches; then
@@ -376,7 +370,13 @@ check_userspace() {
         fail userspace "the kernel interface changed: $(peer_diff "$FEED_PEERS" | tail -n 1)"
         return
     fi
-    pass userspace "nodeagent-uapi-access gave $UAPI_SOCK to group nodeagent (660), user nobody is refused; the agent (CAP_NET_ADMIN only) synced wireguard-go's 3 peers after a reload and again after wireguard-go restarted"
+    local caps
+    caps=$(awk '/^CapEff/ { print $2 }' "/proc/$(prop MainPID)/status")
+    if [[ $caps != 0000000000001002 ]]; then
+        fail userspace "with userspace.conf the agent's CapEff is $caps, not CAP_NET_ADMIN and CAP_DAC_OVERRIDE (0000000000001002)"
+        return
+    fi
+    pass userspace "the socket stays 0700 root (user nobody refused); with userspace.conf the agent (CapEff $caps) synced wireguard-go's 3 peers, and again after wireguard-go restarted"
 }
 
 # --- 6. the sandbox holds -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ CHECKS = [
     ("peers", "the kernel interface holds exactly the feed's peers and allowed IPs"),
     ("reload", "a changed feed and systemctl reload: the kernel follows, same process"),
     ("sandbox", "only CAP_NET_ADMIN, user nodeagent, / read-only, no write outside the unit's"),
-    ("userspace", "wireguard-go's UAPI socket is given to the agent alone, also after a restart"),
+    ("userspace", "with the README's drop-in the agent syncs wireguard-go, also after its restart"),
     ("watchdog", "SIGSTOP: the watchdog kills and restarts the agent"),
     ("stop", "systemctl stop leaves every peer in the kernel"),
     ("journal", "the journal holds the agent's lines and no key or client address"),

@@ -11,7 +11,7 @@ KERNEL_PKGS = qemu-system-x86 linux-image-amd64 busybox-static kmod wireguard-to
 
 .PHONY: test test-unit test-fuzz test-netns test-kernel test-browser test-system lint bench demo fuzz deps-python deps-netns deps-kernel install uninstall
 
-test: lint test-unit test-fuzz test-netns test-kernel test-browser
+test: lint test-unit test-fuzz test-netns test-kernel test-browser test-system
 
 deps-python:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'

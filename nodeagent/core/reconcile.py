@@ -60,3 +60,35 @@ def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
     for key in p.remove:
         result.pop(key, None)
     return result
+
+
+def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Mapping[bytes, Peer]:
+    """``held`` with each peer equal to the desired one of its key replaced by that very object.
+
+    What an interface holds is, peer for peer, mostly what the feed wants: after
+    a read-back both are equal copies, after a new snapshot the held peers are
+    the previous snapshot's. Holding the desired objects (key included) instead
+    keeps one copy of each peer alive, not two. ``held`` itself comes back when
+    nothing is to be shared.
+    """
+    get = desired.get
+    if not any(_shareable(get(key), have) for key, have in held.items()):
+        return held
+    out: dict[bytes, Peer] = {}
+    for key, have in held.items():
+        want = get(key)
+        if want is not None and _shareable(want, have):
+            out[want.public_key] = want
+        else:
+            out[key] = have
+    return out
+
+
+def _shareable(want: Peer | None, have: Peer) -> bool:
+    """Whether ``want`` is an equal peer held as another object."""
+    return (
+        want is not None
+        and want is not have
+        and want.allowed_ips == have.allowed_ips
+        and want.preshared_key == have.preshared_key
+    )

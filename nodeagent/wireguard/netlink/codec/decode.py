@@ -89,52 +89,54 @@ class DeviceDecoder:
                 self.listen_port = U16.unpack_from(buf, a)[0]
 
     def _peers_nest(self, buf: bytes, pos: int, end: int) -> None:
-        fast, fast_size, fast_hdrs = _PEER_FAST.unpack_from, _PEER_FAST.size, _PEER_FAST_HDRS
-        hdr = NLA_HDR.unpack_from
-        peers = self._peers
+        peer = self.peer
         for _t, first, pend in iter_attrs(buf, pos, end, "bad peer length"):
-            p = first
-            key: bytes | None = None
-            psk: bytes | None = None
-            ips: list[AllowedIP] = []
-            # Fast path: the kernel's fixed first-part layout, checked by its headers.
-            if p + fast_size <= pend:
-                r = fast(buf, p)
-                if (
-                    r[0] == 36
-                    and r[1] == WGPEER_A_PUBLIC_KEY
-                    and r[3] == 36
-                    and r[4] == WGPEER_A_PRESHARED_KEY
-                    and r[6:] == fast_hdrs
-                ):
-                    key, psk = r[2], r[5]
-                    p += fast_size
-                    # The kernel's last attribute of a peer without an endpoint: its
-                    # allowed IPs, up to the peer's end (no walker for one element).
-                    if p + 4 <= pend:
-                        alen, atype = hdr(buf, p)
-                        if atype & NLA_TYPE_MASK == WGPEER_A_ALLOWEDIPS and p + alen == pend:
-                            _allowed_ips(buf, p + 4, pend, ips)
-                            p = pend
-            if p < pend:  # what the fast paths did not take, in any order
-                for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
-                    if atype == WGPEER_A_ALLOWEDIPS:
-                        _allowed_ips(buf, a, b, ips)
-                    elif atype == WGPEER_A_PUBLIC_KEY:
-                        if b - a != KEY_LEN:
-                            raise DecodeError("bad public key length")
-                        key = buf[a:b]
-                    elif atype == WGPEER_A_PRESHARED_KEY:
-                        if b - a != KEY_LEN:
-                            raise DecodeError("bad preshared key length")
-                        psk = buf[a:b]
-            if key is None:
-                raise DecodeError("peer without public key")
-            if key == self._last:
-                peers[key][1].extend(ips)
-            else:
-                peers[key] = (None if psk is None or psk == ZERO_KEY else psk, ips)
-                self._last = key
+            peer(buf, first, pend)
+
+    def peer(self, buf: bytes, p: int, pend: int) -> None:
+        """Decode one element of WGDEVICE_A_PEERS (``buf[p:pend]``), merging a continuation."""
+        key: bytes | None = None
+        psk: bytes | None = None
+        ips: list[AllowedIP] = []
+        # Fast path: the kernel's fixed first-part layout, checked by its headers.
+        if p + _PEER_FAST.size <= pend:
+            r = _PEER_FAST.unpack_from(buf, p)
+            if (
+                r[0] == 36
+                and r[1] == WGPEER_A_PUBLIC_KEY
+                and r[3] == 36
+                and r[4] == WGPEER_A_PRESHARED_KEY
+                and r[6:] == _PEER_FAST_HDRS
+            ):
+                key, psk = r[2], r[5]
+                p += _PEER_FAST.size
+                # The kernel's last attribute of a peer without an endpoint: its
+                # allowed IPs, up to the peer's end (no walker for one element).
+                if p + 4 <= pend:
+                    alen, atype = NLA_HDR.unpack_from(buf, p)
+                    if atype & NLA_TYPE_MASK == WGPEER_A_ALLOWEDIPS and p + alen == pend:
+                        _allowed_ips(buf, p + 4, pend, ips)
+                        p = pend
+        if p < pend:  # what the fast paths did not take, in any order
+            for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
+                if atype == WGPEER_A_ALLOWEDIPS:
+                    _allowed_ips(buf, a, b, ips)
+                elif atype == WGPEER_A_PUBLIC_KEY:
+                    if b - a != KEY_LEN:
+                        raise DecodeError("bad public key length")
+                    key = buf[a:b]
+                elif atype == WGPEER_A_PRESHARED_KEY:
+                    if b - a != KEY_LEN:
+                        raise DecodeError("bad preshared key length")
+                    psk = buf[a:b]
+        if key is None:
+            raise DecodeError("peer without public key")
+        peers = self._peers
+        if key == self._last:
+            peers[key][1].extend(ips)
+        else:
+            peers[key] = (None if psk is None or psk == ZERO_KEY else psk, ips)
+            self._last = key
 
     def device(self) -> Device:
         """The device decoded so far (call after NLMSG_DONE)."""

@@ -72,23 +72,30 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
     nothing is to be shared.
     """
     get = desired.get
-    if not any(_shareable(get(key), have) for key, have in held.items()):
+    # Comparisons inline: this runs over every peer after each read-back.
+    for key, have in held.items():
+        want = get(key)
+        if (
+            want is not None
+            and want is not have
+            and want.allowed_ips == have.allowed_ips
+            and want.preshared_key == have.preshared_key
+        ):
+            break
+    else:
         return held
+    # A new mapping, in the same order, built whole (a copy edited in place
+    # would keep the held key objects, or grow to twice its size).
     out: dict[bytes, Peer] = {}
     for key, have in held.items():
         want = get(key)
-        if want is not None and _shareable(want, have):
+        if (
+            want is not None
+            and want is not have
+            and want.allowed_ips == have.allowed_ips
+            and want.preshared_key == have.preshared_key
+        ):
             out[want.public_key] = want
         else:
             out[key] = have
     return out
-
-
-def _shareable(want: Peer | None, have: Peer) -> bool:
-    """Whether ``want`` is an equal peer held as another object."""
-    return (
-        want is not None
-        and want is not have
-        and want.allowed_ips == have.allowed_ips
-        and want.preshared_key == have.preshared_key
-    )

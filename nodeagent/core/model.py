@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import NamedTuple
 
 KEY_LEN = 32
@@ -77,17 +78,45 @@ class AllowedIP(NamedTuple):
         return "AllowedIP(<redacted>)"
 
 
+AllowedIPs = tuple[AllowedIP, ...]
+"""A peer's routes: sorted, each once. A tuple, not a frozenset: 48 to 64 bytes instead of 216."""
+
+
+def allowed_ips(ips: Iterable[AllowedIP]) -> AllowedIPs:
+    """The canonical form of a set of routes: sorted, without duplicates."""
+    if type(ips) is tuple and _canonical(ips):
+        return ips
+    return tuple(sorted(set(ips)))
+
+
+def _canonical(ips: tuple[AllowedIP, ...]) -> bool:
+    n = len(ips)
+    if n < 2:
+        return True
+    if n == 2:
+        return bool(ips[0] < ips[1])
+    return all(a < b for a, b in pairwise(ips))
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """A WireGuard peer as the agent manages it: key, optional preshared key, routes.
 
     Endpoints, handshake times and byte counts are deliberately absent: the
-    agent never needs them to reconcile and so never holds them.
+    agent never needs them to reconcile and so never holds them. ``allowed_ips``
+    is kept in its canonical form (:func:`allowed_ips`) whatever iterable it was
+    given, so equal peers compare equal: a million of them are held at once, and
+    a small tuple is a quarter of a frozenset.
     """
 
     public_key: bytes
-    allowed_ips: frozenset[AllowedIP] = frozenset()
+    allowed_ips: AllowedIPs = ()
     preshared_key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        ips = self.allowed_ips
+        if type(ips) is not tuple or not _canonical(ips):
+            object.__setattr__(self, "allowed_ips", tuple(sorted(set(ips))))
 
     def __repr__(self) -> str:
         psk = ", psk" if self.preshared_key else ""
@@ -99,14 +128,20 @@ class PeerUpdate:
     """The fields of an existing peer that differ from what is desired.
 
     ``allowed_ips`` is None when unchanged (otherwise the full new set, which
-    replaces the old one). ``preshared_key`` is only meaningful when
-    ``change_preshared_key`` is set; None then means remove the preshared key.
+    replaces the old one, canonical as in ``Peer``). ``preshared_key`` is only
+    meaningful when ``change_preshared_key`` is set; None then means remove the
+    preshared key.
     """
 
     public_key: bytes
-    allowed_ips: frozenset[AllowedIP] | None = None
+    allowed_ips: AllowedIPs | None = None
     change_preshared_key: bool = False
     preshared_key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        ips = self.allowed_ips
+        if ips is not None and (type(ips) is not tuple or not _canonical(ips)):
+            object.__setattr__(self, "allowed_ips", tuple(sorted(set(ips))))
 
     def __repr__(self) -> str:
         return (

@@ -79,7 +79,7 @@ def parse_device(lines: Iterable[str]) -> Device:
                 raise UapiProtocolError("reply has a malformed allowed_ip") from None
         elif name == "public_key":
             if current is not None:
-                peers[current] = Peer(current, frozenset(ips), psk)
+                peers[current] = Peer(current, tuple(ips), psk)
             current, psk, ips = _key(value), None, []
         elif name == "preshared_key":
             if current is None:
@@ -97,7 +97,7 @@ def parse_device(lines: Iterable[str]) -> Device:
         # Anything else (endpoint, handshake times, byte counts, keepalive,
         # protocol_version, fwmark) is deliberately dropped unread.
     if current is not None:
-        peers[current] = Peer(current, frozenset(ips), psk)
+        peers[current] = Peer(current, tuple(ips), psk)
     return Device(private_key, listen_port, peers)
 
 

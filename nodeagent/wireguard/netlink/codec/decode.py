@@ -140,7 +140,7 @@ class DeviceDecoder:
 
     def device(self) -> Device:
         """The device decoded so far (call after NLMSG_DONE)."""
-        peers = {k: Peer(k, frozenset(ips), psk) for k, (psk, ips) in self._peers.items()}
+        peers = {k: Peer(k, tuple(ips), psk) for k, (psk, ips) in self._peers.items()}
         return Device(self.private_key, self.listen_port, peers)
 
 

@@ -84,6 +84,7 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=15.0)
     ap.add_argument("--out", default="/tmp/idle")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the agent")
     args = ap.parse_args()
     missing = missing_prerequisites()
     if missing:
@@ -102,7 +103,7 @@ def main() -> int:
             f"feed: {{path: {feed}}}\n"
             "load: {interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}\n"
         )
-        env = {"PYTHONPATH": str(ROOT)}
+        env = {"PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.env)}
         proc = ns.popen([sys.executable, "-m", "nodeagent", "run", "-c", str(config)], env=env,
                         capture=False)  # fmt: skip
         try:
@@ -112,11 +113,16 @@ def main() -> int:
             time.sleep(args.settle)
             pid = proc.pid
             c0, w0 = cpu_seconds(pid), time.monotonic()
-            time.sleep(args.measure)
+            rss: list[int] = []
+            while time.monotonic() - w0 < args.measure:
+                time.sleep(1.0)
+                rss.append(status_kb(pid, "VmRSS"))
             c1, w1 = cpu_seconds(pid), time.monotonic()
+            rss.sort()
             print(
                 f"idle CPU over {w1 - w0:.0f} s: {100 * (c1 - c0) / (w1 - w0):.2f} % of a core; "
-                f"VmRSS {status_kb(pid, 'VmRSS') / 1024:.0f} MB, "
+                f"VmRSS min/median/max {rss[0] / 1024:.0f}/{rss[len(rss) // 2] / 1024:.0f}/"
+                f"{rss[-1] / 1024:.0f} MB (sampled each second), "
                 f"VmHWM {status_kb(pid, 'VmHWM') / 1024:.0f} MB"
             )
             if args.pyspy > 0 and shutil.which("py-spy"):

@@ -65,6 +65,7 @@ from nodeagent.core.model import (  # noqa: E402
 from nodeagent.core.reconcile import plan  # noqa: E402
 from nodeagent.core.sync import sync_interface  # noqa: E402
 from nodeagent.daemon import agent as _agent  # noqa: E402, F401
+from nodeagent.daemon.memory import release_free_memory  # noqa: E402
 from nodeagent.feed.snapshot import read_file_feed  # noqa: E402
 from nodeagent.wireguard.netlink import codec as nlwire  # noqa: E402
 from nodeagent.wireguard.netlink.idle import ScrubDecoder  # noqa: E402
@@ -122,7 +123,13 @@ def breakdown(peers: Mapping[bytes, Peer], seen: set[int]) -> dict[str, tuple[in
         if p.public_key is not k:
             add("public key bytes", p.public_key)
         add(f"allowed_ips {type(p.allowed_ips).__name__}", p.allowed_ips)
-        for ip in p.allowed_ips:
+        packed = getattr(p.allowed_ips, "packed", None)
+        if packed is not None:  # one bytes object holds every route
+            add("allowed_ips packed bytes", packed)
+            continue_ips = False
+        else:
+            continue_ips = True
+        for ip in p.allowed_ips if continue_ips else ():
             add("AllowedIP tuple", ip)
             add("address bytes", ip.address)
         if p.preshared_key is not None:
@@ -131,6 +138,8 @@ def breakdown(peers: Mapping[bytes, Peer], seen: set[int]) -> dict[str, tuple[in
 
 
 class Report:
+    trim = False
+
     def __init__(self, n: int, traced: bool) -> None:
         self.n = n
         self.traced = traced
@@ -147,6 +156,8 @@ class Report:
         result = fn(*args)
         dt = time.perf_counter() - t0
         gc.collect()
+        if self.trim:
+            release_free_memory()
         cur1, peak = tracemalloc.get_traced_memory() if self.traced else (0, 0)
         rss1, hwm = proc_kb("VmRSS"), proc_kb("VmHWM")
         held = (cur1 - cur0) / self.n
@@ -227,7 +238,9 @@ def main() -> int:
     ap.add_argument("--peers", type=int, default=100_000)
     ap.add_argument("--no-tracemalloc", action="store_true")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each stage")
     args = ap.parse_args()
+    Report.trim = args.trim
     n = args.peers
     traced = not args.no_tracemalloc
     print(f"{n:,} peers; python {sys.version.split()[0]}; tracemalloc {'on' if traced else 'off'}")
@@ -288,6 +301,8 @@ def run_stages(n: int, traced: bool, top: int, feed1: Path, feed2: Path) -> None
     if traced and base is not None:
         top_lines(base, top)
     gc.collect()
+    if Report.trim:
+        release_free_memory()
     held_rss = proc_kb("VmRSS")
     print(f"\nresident with desired + known held: RSS {held_rss / 1024:.1f} MB")
 
@@ -306,6 +321,8 @@ def run_stages(n: int, traced: bool, top: int, feed1: Path, feed2: Path) -> None
     known = out.peers
     del out
     gc.collect()
+    if Report.trim:
+        release_free_memory()
     rss = proc_kb("VmRSS")
     print(
         f"\nsteady state: RSS {rss / 1024:.1f} MB with {n:,} peers held; "

@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import pairwise
 from typing import NamedTuple
 
 KEY_LEN = 32
@@ -78,24 +77,71 @@ class AllowedIP(NamedTuple):
         return "AllowedIP(<redacted>)"
 
 
-AllowedIPs = tuple[AllowedIP, ...]
-"""A peer's routes: sorted, each once. A tuple, not a frozenset: 48 to 64 bytes instead of 216."""
+class AllowedIPs(Collection[AllowedIP]):
+    """A peer's routes, canonical (sorted, each once), packed into one ``bytes``.
+
+    A million peers are held at once: this takes about 110 bytes for the usual
+    one or two routes, where a frozenset of ``AllowedIP`` tuples and their
+    address ``bytes`` took 400-500. Each route is packed as address length,
+    prefix length, address; the routes are sorted by that packing, so equal
+    sets are equal bytes. Iterating yields ``AllowedIP`` values.
+    """
+
+    __slots__ = ("packed",)
+    packed: bytes
+
+    def __new__(cls, ips: Iterable[AllowedIP] = ()) -> AllowedIPs:
+        if type(ips) is AllowedIPs:
+            return ips
+        self = object.__new__(cls)
+        self.packed = b"".join(sorted({_pack(ip) for ip in ips}))
+        return self
+
+    def __iter__(self) -> Iterator[AllowedIP]:
+        raw = self.packed
+        pos, end = 0, len(raw)
+        while pos < end:
+            n = raw[pos]
+            yield AllowedIP(raw[pos + 2 : pos + 2 + n], raw[pos + 1])
+            pos += 2 + n
+
+    def __len__(self) -> int:
+        raw = self.packed
+        count = pos = 0
+        while pos < len(raw):
+            pos += 2 + raw[pos]
+            count += 1
+        return count
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, AllowedIP) and _pack(ip) in set(_entries(self.packed))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is AllowedIPs and self.packed == other.packed
+
+    def __hash__(self) -> int:
+        return hash(self.packed)
+
+    def __repr__(self) -> str:
+        return f"AllowedIPs(<{len(self)} redacted>)"
+
+
+def _entries(raw: bytes) -> Iterator[bytes]:
+    pos = 0
+    while pos < len(raw):
+        n = raw[pos]
+        yield raw[pos : pos + 2 + n]
+        pos += 2 + n
+
+
+def _pack(ip: AllowedIP) -> bytes:
+    address, cidr = ip
+    return bytes((len(address), cidr)) + address
 
 
 def allowed_ips(ips: Iterable[AllowedIP]) -> AllowedIPs:
     """The canonical form of a set of routes: sorted, without duplicates."""
-    if type(ips) is tuple and _canonical(ips):
-        return ips
-    return tuple(sorted(set(ips)))
-
-
-def _canonical(ips: tuple[AllowedIP, ...]) -> bool:
-    n = len(ips)
-    if n < 2:
-        return True
-    if n == 2:
-        return bool(ips[0] < ips[1])
-    return all(a < b for a, b in pairwise(ips))
+    return AllowedIPs(ips)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,19 +150,17 @@ class Peer:
 
     Endpoints, handshake times and byte counts are deliberately absent: the
     agent never needs them to reconcile and so never holds them. ``allowed_ips``
-    is kept in its canonical form (:func:`allowed_ips`) whatever iterable it was
-    given, so equal peers compare equal: a million of them are held at once, and
-    a small tuple is a quarter of a frozenset.
+    is kept as :class:`AllowedIPs` whatever iterable of ``AllowedIP`` it was
+    given, so equal peers compare equal.
     """
 
     public_key: bytes
-    allowed_ips: AllowedIPs = ()
+    allowed_ips: AllowedIPs = field(default_factory=AllowedIPs)
     preshared_key: bytes | None = None
 
     def __post_init__(self) -> None:
-        ips = self.allowed_ips
-        if type(ips) is not tuple or not _canonical(ips):
-            object.__setattr__(self, "allowed_ips", tuple(sorted(set(ips))))
+        if type(self.allowed_ips) is not AllowedIPs:
+            object.__setattr__(self, "allowed_ips", AllowedIPs(self.allowed_ips))
 
     def __repr__(self) -> str:
         psk = ", psk" if self.preshared_key else ""
@@ -140,8 +184,8 @@ class PeerUpdate:
 
     def __post_init__(self) -> None:
         ips = self.allowed_ips
-        if ips is not None and (type(ips) is not tuple or not _canonical(ips)):
-            object.__setattr__(self, "allowed_ips", tuple(sorted(set(ips))))
+        if ips is not None and type(ips) is not AllowedIPs:
+            object.__setattr__(self, "allowed_ips", AllowedIPs(ips))
 
     def __repr__(self) -> str:
         return (

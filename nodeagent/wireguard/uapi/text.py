@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer, Plan
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, AllowedIPs, Device, Peer, Plan
 
 GET_REQUEST = b"get=1\n\n"
 _ZERO_HEX = ZERO_KEY.hex()
@@ -79,7 +79,7 @@ def parse_device(lines: Iterable[str]) -> Device:
                 raise UapiProtocolError("reply has a malformed allowed_ip") from None
         elif name == "public_key":
             if current is not None:
-                peers[current] = Peer(current, tuple(ips), psk)
+                peers[current] = Peer(current, AllowedIPs(ips), psk)
             current, psk, ips = _key(value), None, []
         elif name == "preshared_key":
             if current is None:
@@ -97,7 +97,7 @@ def parse_device(lines: Iterable[str]) -> Device:
         # Anything else (endpoint, handshake times, byte counts, keepalive,
         # protocol_version, fwmark) is deliberately dropped unread.
     if current is not None:
-        peers[current] = Peer(current, tuple(ips), psk)
+        peers[current] = Peer(current, AllowedIPs(ips), psk)
     return Device(private_key, listen_port, peers)
 
 

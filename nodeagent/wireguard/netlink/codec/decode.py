@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, AllowedIPs, Device, Peer
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,
@@ -140,7 +140,7 @@ class DeviceDecoder:
 
     def device(self) -> Device:
         """The device decoded so far (call after NLMSG_DONE)."""
-        peers = {k: Peer(k, tuple(ips), psk) for k, (psk, ips) in self._peers.items()}
+        peers = {k: Peer(k, AllowedIPs(ips), psk) for k, (psk, ips) in self._peers.items()}
         return Device(self.private_key, self.listen_port, peers)
 
 

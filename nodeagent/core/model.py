@@ -97,6 +97,17 @@ class AllowedIPs(Collection[AllowedIP]):
         self.packed = b"".join(sorted({_pack(ip) for ip in ips}))
         return self
 
+    @classmethod
+    def from_packed(cls, entries: list[bytes]) -> AllowedIPs:
+        """From routes already packed (a decoder's), in any order, maybe repeated.
+
+        Each entry must be well formed: a length of 4 or 16, a prefix length
+        within it, that many address bytes (the decoder has checked them).
+        """
+        self = object.__new__(cls)
+        self.packed = entries[0] if len(entries) == 1 else b"".join(sorted(set(entries)))
+        return self
+
     def __iter__(self) -> Iterator[AllowedIP]:
         raw = self.packed
         pos, end = 0, len(raw)
@@ -136,7 +147,11 @@ def _entries(raw: bytes) -> Iterator[bytes]:
 
 def _pack(ip: AllowedIP) -> bytes:
     address, cidr = ip
-    return bytes((len(address), cidr)) + address
+    return _HEADS[len(address)][cidr] + address
+
+
+# The two leading bytes of a packed route, by address length and prefix length.
+_HEADS = {4: [bytes((4, c)) for c in range(256)], 16: [bytes((16, c)) for c in range(256)]}
 
 
 def allowed_ips(ips: Iterable[AllowedIP]) -> AllowedIPs:

@@ -50,31 +50,42 @@ class AllowedIP(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> AllowedIP:
         """Parse ``10.8.0.2/32`` or ``fd00::2/128``; ValueError if host bits are set."""
-        if not isinstance(text, str):
-            raise ValueError("allowed IP is not a string")
-        addr_text, slash, cidr_text = text.partition("/")
-        family = socket.AF_INET6 if ":" in addr_text else socket.AF_INET
-        try:
-            packed = socket.inet_pton(family, addr_text)
-        except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, quoted in its text
-            raise ValueError("allowed IP is not an IP network") from None
-        bits = len(packed) * 8
-        if not slash:
-            cidr = bits
-        elif cidr_text.isdigit() and len(cidr_text) <= 3 and int(cidr_text) <= bits:
-            cidr = int(cidr_text)
-        else:
-            raise ValueError("allowed IP has a bad prefix length")
-        host_mask = (1 << (bits - cidr)) - 1
-        if int.from_bytes(packed, "big") & host_mask:
-            raise ValueError("allowed IP has host bits set")
-        return cls(packed, cidr)
+        return cls(*_parse_network(text))
 
     def __str__(self) -> str:
         return f"{socket.inet_ntop(self.family, self.address)}/{self.cidr}"
 
     def __repr__(self) -> str:
         return "AllowedIP(<redacted>)"
+
+
+def _parse_network(text: str) -> tuple[bytes, int]:
+    """The packed address and prefix length of ``10.8.0.2/32`` or ``fd00::2/128``."""
+    if not isinstance(text, str):
+        raise ValueError("allowed IP is not a string")
+    addr_text, slash, cidr_text = text.partition("/")
+    family = socket.AF_INET6 if ":" in addr_text else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, addr_text)
+    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, quoted in its text
+        raise ValueError("allowed IP is not an IP network") from None
+    bits = len(packed) * 8
+    if not slash:
+        cidr = bits
+    elif cidr_text.isdigit() and len(cidr_text) <= 3 and int(cidr_text) <= bits:
+        cidr = int(cidr_text)
+    else:
+        raise ValueError("allowed IP has a bad prefix length")
+    host_mask = (1 << (bits - cidr)) - 1
+    if int.from_bytes(packed, "big") & host_mask:
+        raise ValueError("allowed IP has host bits set")
+    return packed, cidr
+
+
+def parse_packed_ip(text: str) -> bytes:
+    """``AllowedIP.parse(text)`` as a packed route of :class:`AllowedIPs`, without the tuple."""
+    packed, cidr = _parse_network(text)
+    return _HEADS[len(packed)][cidr] + packed
 
 
 class AllowedIPs(Collection[AllowedIP]):

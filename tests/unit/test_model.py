@@ -44,3 +44,15 @@ def test_nothing_of_the_routes_in_repr() -> None:
     ips = AllowedIPs([V4, V6])
     for text in (repr(ips), str(ips), repr(Peer(key("model", 1), ips))):
         assert "10.8" not in text and "fd00" not in text and "\\x" not in text
+
+
+def test_from_packed_is_the_same_canonical_form() -> None:
+    from nodeagent.core.model import parse_packed_ip
+
+    texts = ["fd00:8::2/128", "10.8.0.2/32", "172.16.0.0/12", "10.8.0.2/32"]
+    for n in range(1, len(texts) + 1):
+        entries = [parse_packed_ip(t) for t in texts[:n]]
+        want = AllowedIPs(AllowedIP.parse(t) for t in texts[:n])
+        assert AllowedIPs.from_packed(entries) == want
+        assert AllowedIPs.from_packed(entries[::-1]) == want
+    assert AllowedIPs.from_packed([parse_packed_ip("10.8.0.2/32")] * 2) == AllowedIPs([V4])

@@ -53,10 +53,12 @@ class FakeBackend:
                 self._steal(u.public_key, u.allowed_ips)
         self.peers = apply_to(self.peers, plan)
 
-    def _steal(self, owner: bytes, ips: frozenset[object]) -> None:
+    def _steal(self, owner: bytes, ips: tuple[object, ...]) -> None:
+        taken = set(ips)
         for k, p in list(self.peers.items()):
-            if k != owner and p.allowed_ips & ips:
-                self.peers[k] = Peer(k, p.allowed_ips - ips, p.preshared_key)
+            if k != owner and not taken.isdisjoint(p.allowed_ips):
+                kept = tuple(ip for ip in p.allowed_ips if ip not in taken)
+                self.peers[k] = Peer(k, kept, p.preshared_key)
 
     def setup(self, setup: InterfaceSetup) -> None:
         self.exists = True

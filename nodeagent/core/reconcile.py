@@ -60,3 +60,42 @@ def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
     for key in p.remove:
         result.pop(key, None)
     return result
+
+
+def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Mapping[bytes, Peer]:
+    """``held`` with each peer equal to the desired one of its key replaced by that very object.
+
+    What an interface holds is, peer for peer, mostly what the feed wants: after
+    a read-back both are equal copies, after a new snapshot the held peers are
+    the previous snapshot's. Holding the desired objects (key included) instead
+    keeps one copy of each peer alive, not two. ``held`` itself comes back when
+    nothing is to be shared.
+    """
+    get = desired.get
+    # Comparisons inline: this runs over every peer after each read-back.
+    for key, have in held.items():
+        want = get(key)
+        if (
+            want is not None
+            and want is not have
+            and want.allowed_ips == have.allowed_ips
+            and want.preshared_key == have.preshared_key
+        ):
+            break
+    else:
+        return held
+    # A new mapping, in the same order, built whole (a copy edited in place
+    # would keep the held key objects, or grow to twice its size).
+    out: dict[bytes, Peer] = {}
+    for key, have in held.items():
+        want = get(key)
+        if (
+            want is not None
+            and want is not have
+            and want.allowed_ips == have.allowed_ips
+            and want.preshared_key == have.preshared_key
+        ):
+            out[want.public_key] = want
+        else:
+            out[key] = have
+    return out

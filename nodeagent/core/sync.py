@@ -28,7 +28,7 @@ from datetime import datetime
 
 from nodeagent.core.backend import Backend
 from nodeagent.core.model import DesiredInterface, Peer, Plan
-from nodeagent.core.reconcile import apply_to, plan
+from nodeagent.core.reconcile import apply_to, plan, share_equal
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,8 @@ def sync_interface(
     """
     started = time.monotonic()
     actual = backend.read().peers if known is None else known
-    wanted = plan(desired.active(now), actual)
+    active = desired.active(now)
+    wanted = plan(active, actual)
     guarded = guard_removals(wanted, desired, len(actual), max_removal_ratio)
     p = fit_limit(guarded, len(actual), backend.max_peers)
     if not p.empty:
@@ -119,5 +120,6 @@ def sync_interface(
         read_back=known is None,
         held_removals=len(wanted.remove) - len(p.remove),
         held_additions=len(wanted.add) - len(p.add),
-        peers=apply_to(actual, p) if not p.empty else actual,
+        # One copy of each peer held, not two: the desired object where equal.
+        peers=share_equal(apply_to(actual, p) if not p.empty else actual, active),
     )

@@ -23,6 +23,7 @@ from nodeagent.core.backend import Backend
 from nodeagent.core.backoff import Backoff, Retries
 from nodeagent.core.model import DesiredState, Peer
 from nodeagent.core.sync import SyncOutcome
+from nodeagent.daemon.memory import release_free_memory
 from nodeagent.daemon.reconcile import (
     BackendFactory,
     SyncFailed,
@@ -240,8 +241,13 @@ class Reconciler(TaskService):
         return delay
 
     def _reconcile_once(self, desired: DesiredState) -> None:
-        with self._interfaces.turns:
-            self._reconcile_locked(desired)
+        try:
+            with self._interfaces.turns:
+                self._reconcile_locked(desired)
+        finally:
+            # After its turn: the pass's garbage (a read-back, a plan, the
+            # previous snapshot) goes back to the system, not just to malloc.
+            release_free_memory()
 
     def _reconcile_locked(self, desired: DesiredState) -> None:
         backends = self._interfaces.backends
@@ -338,3 +344,4 @@ class Scrubber(TaskService):
             backend = self._interfaces.backends.get(name)
             if backend is not None:
                 scrub_once(backend, self.settings.scrub_idle_after)
+        release_free_memory()

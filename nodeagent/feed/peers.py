@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from nodeagent.core.model import AllowedIP, Peer, parse_key
+from nodeagent.core.model import AllowedIP, Peer, allowed_ips, parse_key
 from nodeagent.core.names import is_interface_name
 from nodeagent.feed.document import FeedError, parse_time
 
@@ -63,7 +63,7 @@ def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
             expires = parse_time(raw["expires_at"])
         except ValueError:
             raise FeedError(f"{where}.expires_at: not an RFC 3339 time with a zone") from None
-    return Peer(public_key, frozenset(ips), psk), expires
+    return Peer(public_key, allowed_ips(ips), psk), expires
 
 
 def parse_peers(

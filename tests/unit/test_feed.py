@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.core.model import AllowedIP, format_key
+from nodeagent.core.model import AllowedIP, allowed_ips, format_key
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
 
@@ -38,10 +38,12 @@ def test_valid_snapshot() -> None:
     )
     wg0 = state.wireguard["wg0"]
     assert state.version == "v1" and len(wg0.peers) == 2
-    assert wg0.peers[key("f", 1)].allowed_ips == {
-        AllowedIP.parse("10.8.0.2/32"),
-        AllowedIP.parse("fd00:8::2/128"),
-    }
+    assert wg0.peers[key("f", 1)].allowed_ips == allowed_ips(
+        {
+            AllowedIP.parse("10.8.0.2/32"),
+            AllowedIP.parse("fd00:8::2/128"),
+        }
+    )
     assert wg0.peers[key("f", 2)].preshared_key == key("fpsk", 1)
     assert wg0.expires[key("f", 2)] == datetime(2027, 1, 1, tzinfo=UTC)
     assert list(state.users) == ["u48151623"]

@@ -95,3 +95,30 @@ def test_unchanged_state_sends_nothing() -> None:
     out = sync_interface(fake, DesiredInterface(make_peers(10)), NOW, 0.5)
     assert (out.added, out.updated, out.removed, out.unchanged) == (0, 0, 0, 10)
     assert not fake.applied
+
+
+def test_held_peers_are_the_desired_objects_where_equal() -> None:
+    """After a read-back the interface's equal peers are not held as a second copy."""
+    fake = FakeBackend()
+    fake.peers = make_peers(10)  # equal to the desired ones, other objects
+    odd = key("peer", 3)
+    fake.peers[odd] = Peer(odd, frozenset(), None)  # differs: updated
+    desired = DesiredInterface(make_peers(10))
+    out = sync_interface(fake, desired, NOW, 0.5)
+    assert (out.updated, out.unchanged) == (1, 9)
+    assert out.peers == desired.peers
+    for k, p in out.peers.items():
+        assert p is desired.peers[k]
+        assert next(q for q in out.peers if q == k) is desired.peers[k].public_key
+    # A pass from that state keeps the same mapping: nothing left to share.
+    again = sync_interface(fake, desired, NOW, 0.5, known=out.peers)
+    assert again.peers is out.peers
+
+
+def test_a_new_snapshot_replaces_the_held_copies_of_the_old_one() -> None:
+    fake = FakeBackend()
+    first = sync_interface(fake, DesiredInterface(make_peers(5)), NOW, 0.5)
+    newer = DesiredInterface(make_peers(5))  # the same peers, freshly parsed
+    out = sync_interface(fake, newer, NOW, 0.5, known=first.peers)
+    assert out.added == out.updated == out.removed == 0
+    assert all(p is newer.peers[k] for k, p in out.peers.items())

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer, Plan
+from nodeagent.core.model import (
+    KEY_LEN,
+    ZERO_KEY,
+    AllowedIP,
+    AllowedIPs,
+    Device,
+    Peer,
+    Plan,
+    parse_packed_ip,
+)
 
 GET_REQUEST = b"get=1\n\n"
 _ZERO_HEX = ZERO_KEY.hex()
@@ -64,7 +73,8 @@ def parse_device(lines: Iterable[str]) -> Device:
     # The peer being read: its key, psk and routes, flushed at the next public_key.
     current: bytes | None = None
     psk: bytes | None = None
-    ips: list[AllowedIP] = []
+    ips: list[bytes] = []  # packed (AllowedIPs.from_packed)
+    empty = AllowedIPs()
 
     for line in lines:
         name, sep, value = line.partition("=")
@@ -74,12 +84,12 @@ def parse_device(lines: Iterable[str]) -> Device:
             if current is None:
                 raise UapiProtocolError("reply has allowed_ip before any peer")
             try:
-                ips.append(AllowedIP.parse(value))
+                ips.append(parse_packed_ip(value))
             except ValueError:
                 raise UapiProtocolError("reply has a malformed allowed_ip") from None
         elif name == "public_key":
             if current is not None:
-                peers[current] = Peer(current, frozenset(ips), psk)
+                peers[current] = Peer(current, AllowedIPs.from_packed(ips) if ips else empty, psk)
             current, psk, ips = _key(value), None, []
         elif name == "preshared_key":
             if current is None:
@@ -97,7 +107,7 @@ def parse_device(lines: Iterable[str]) -> Device:
         # Anything else (endpoint, handshake times, byte counts, keepalive,
         # protocol_version, fwmark) is deliberately dropped unread.
     if current is not None:
-        peers[current] = Peer(current, frozenset(ips), psk)
+        peers[current] = Peer(current, AllowedIPs.from_packed(ips) if ips else empty, psk)
     return Device(private_key, listen_port, peers)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, AllowedIPs, Device, Peer
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,
@@ -67,7 +67,8 @@ class DeviceDecoder:
     def __init__(self) -> None:
         self.private_key: bytes | None = None
         self.listen_port = 0
-        self._peers: dict[bytes, tuple[bytes | None, list[AllowedIP]]] = {}
+        # Per key: its preshared key and its routes, packed (AllowedIPs.from_packed).
+        self._peers: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
         self._last: bytes | None = None
 
     def add(self, buf: bytes, start: int, end: int) -> None:
@@ -89,56 +90,62 @@ class DeviceDecoder:
                 self.listen_port = U16.unpack_from(buf, a)[0]
 
     def _peers_nest(self, buf: bytes, pos: int, end: int) -> None:
-        fast, fast_size, fast_hdrs = _PEER_FAST.unpack_from, _PEER_FAST.size, _PEER_FAST_HDRS
-        hdr = NLA_HDR.unpack_from
-        peers = self._peers
+        peer = self.peer
         for _t, first, pend in iter_attrs(buf, pos, end, "bad peer length"):
-            p = first
-            key: bytes | None = None
-            psk: bytes | None = None
-            ips: list[AllowedIP] = []
-            # Fast path: the kernel's fixed first-part layout, checked by its headers.
-            if p + fast_size <= pend:
-                r = fast(buf, p)
-                if (
-                    r[0] == 36
-                    and r[1] == WGPEER_A_PUBLIC_KEY
-                    and r[3] == 36
-                    and r[4] == WGPEER_A_PRESHARED_KEY
-                    and r[6:] == fast_hdrs
-                ):
-                    key, psk = r[2], r[5]
-                    p += fast_size
-                    # The kernel's last attribute of a peer without an endpoint: its
-                    # allowed IPs, up to the peer's end (no walker for one element).
-                    if p + 4 <= pend:
-                        alen, atype = hdr(buf, p)
-                        if atype & NLA_TYPE_MASK == WGPEER_A_ALLOWEDIPS and p + alen == pend:
-                            _allowed_ips(buf, p + 4, pend, ips)
-                            p = pend
-            if p < pend:  # what the fast paths did not take, in any order
-                for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
-                    if atype == WGPEER_A_ALLOWEDIPS:
-                        _allowed_ips(buf, a, b, ips)
-                    elif atype == WGPEER_A_PUBLIC_KEY:
-                        if b - a != KEY_LEN:
-                            raise DecodeError("bad public key length")
-                        key = buf[a:b]
-                    elif atype == WGPEER_A_PRESHARED_KEY:
-                        if b - a != KEY_LEN:
-                            raise DecodeError("bad preshared key length")
-                        psk = buf[a:b]
-            if key is None:
-                raise DecodeError("peer without public key")
-            if key == self._last:
-                peers[key][1].extend(ips)
-            else:
-                peers[key] = (None if psk is None or psk == ZERO_KEY else psk, ips)
-                self._last = key
+            peer(buf, first, pend)
+
+    def peer(self, buf: bytes, p: int, pend: int) -> None:
+        """Decode one element of WGDEVICE_A_PEERS (``buf[p:pend]``), merging a continuation."""
+        key: bytes | None = None
+        psk: bytes | None = None
+        ips: list[bytes] = []
+        # Fast path: the kernel's fixed first-part layout, checked by its headers.
+        if p + _PEER_FAST.size <= pend:
+            r = _PEER_FAST.unpack_from(buf, p)
+            if (
+                r[0] == 36
+                and r[1] == WGPEER_A_PUBLIC_KEY
+                and r[3] == 36
+                and r[4] == WGPEER_A_PRESHARED_KEY
+                and r[6:] == _PEER_FAST_HDRS
+            ):
+                key, psk = r[2], r[5]
+                p += _PEER_FAST.size
+                # The kernel's last attribute of a peer without an endpoint: its
+                # allowed IPs, up to the peer's end (no walker for one element).
+                if p + 4 <= pend:
+                    alen, atype = NLA_HDR.unpack_from(buf, p)
+                    if atype & NLA_TYPE_MASK == WGPEER_A_ALLOWEDIPS and p + alen == pend:
+                        _allowed_ips(buf, p + 4, pend, ips)
+                        p = pend
+        if p < pend:  # what the fast paths did not take, in any order
+            for atype, a, b in iter_attrs(buf, p, pend, "bad peer attribute length"):
+                if atype == WGPEER_A_ALLOWEDIPS:
+                    _allowed_ips(buf, a, b, ips)
+                elif atype == WGPEER_A_PUBLIC_KEY:
+                    if b - a != KEY_LEN:
+                        raise DecodeError("bad public key length")
+                    key = buf[a:b]
+                elif atype == WGPEER_A_PRESHARED_KEY:
+                    if b - a != KEY_LEN:
+                        raise DecodeError("bad preshared key length")
+                    psk = buf[a:b]
+        if key is None:
+            raise DecodeError("peer without public key")
+        peers = self._peers
+        if key == self._last:
+            peers[key][1].extend(ips)
+        else:
+            peers[key] = (None if psk is None or psk == ZERO_KEY else psk, ips)
+            self._last = key
 
     def device(self) -> Device:
         """The device decoded so far (call after NLMSG_DONE)."""
-        peers = {k: Peer(k, frozenset(ips), psk) for k, (psk, ips) in self._peers.items()}
+        empty = AllowedIPs()
+        peers = {
+            k: Peer(k, AllowedIPs.from_packed(ips) if ips else empty, psk)
+            for k, (psk, ips) in self._peers.items()
+        }
         return Device(self.private_key, self.listen_port, peers)
 
 
@@ -153,29 +160,33 @@ _K6_MID = NLA_HDR.pack(6, WGALLOWEDIP_A_FAMILY) + U16.pack(socket.AF_INET6) + by
 _K6_MID += NLA_HDR.pack(20, WGALLOWEDIP_A_IPADDR)
 
 
-def _allowed_ips(buf: bytes, pos: int, end: int, out: list[AllowedIP]) -> None:
-    """Append the allowed IPs of one WGPEER_A_ALLOWEDIPS nest (``buf[pos:end]``) to ``out``."""
-    new = tuple.__new__
+# The first two bytes of a packed route (AllowedIPs), by prefix length.
+_V4 = [bytes((4, c)) for c in range(33)]
+_V6 = [bytes((16, c)) for c in range(129)]
+
+
+def _allowed_ips(buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+    """Append the allowed IPs of one WGPEER_A_ALLOWEDIPS nest (``buf[pos:end]``), packed."""
     while pos + 4 <= end:
         head = buf[pos : pos + 8]
         if head == _K4_HEAD and pos + 28 <= end and buf[pos + 12 : pos + 24] == _K4_MID:
             cidr = buf[pos + 8]
             if cidr > 32:
                 raise DecodeError("bad allowed IP")
-            # tuple.__new__ skips NamedTuple's Python-level __new__: ~2x faster.
-            out.append(new(AllowedIP, (buf[pos + 24 : pos + 28], cidr)))
+            out.append(_V4[cidr] + buf[pos + 24 : pos + 28])
             pos += 28
             continue
         if head == _K6_HEAD and pos + 40 <= end and buf[pos + 12 : pos + 24] == _K6_MID:
             cidr = buf[pos + 8]
             if cidr > 128:
                 raise DecodeError("bad allowed IP")
-            out.append(new(AllowedIP, (buf[pos + 24 : pos + 40], cidr)))
+            out.append(_V6[cidr] + buf[pos + 24 : pos + 40])
             pos += 40
             continue
         # Anything else is one element taken by the walker, which checks its length.
         _t, a, b = next(iter_attrs(buf, pos, end, "bad allowed IP length"))
-        out.append(_allowed_ip(buf, a, b))
+        ip = _allowed_ip(buf, a, b)
+        out.append((_V4 if len(ip.address) == 4 else _V6)[ip.cidr] + ip.address)
         pos += align(b - pos)
 
 

@@ -1,0 +1,167 @@
+"""The real daemon idle on wireguard-go: CPU over a window, RSS, a py-spy profile (root).
+
+    python bench/idle_cpu.py [--peers 60000] [--measure 120] [--pyspy 120] [--out /tmp/idle]
+
+One wireguard-go interface in a fresh namespace; ``nodeagent run`` inside the
+same namespace with a file feed of ``--peers`` peers and the default intervals
+(60 s resync, 30 s scrub), plus load sampling every 1 s on the namespace's
+loopback. Once the first pass has applied every peer and the process has
+settled, ``/proc/PID/stat`` utime+stime is read over ``--measure`` seconds
+(no profiler attached), then py-spy (if ``--pyspy`` > 0) samples it
+non-blocking for that many seconds and the samples are summed by function.
+Prints CPU as % of one core, VmRSS and VmHWM. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nodeagent.lab.netns import missing_prerequisites
+from nodeagent.lab.tunnel import Lab
+from tests.peerdata import feed_document, make_peers, write_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def summarize(raw: Path, top: int) -> None:
+    """Sum py-spy's collapsed stacks: self time by function, and inclusive by function."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        n = int(count_text)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  for f in stack.split(";") if f]  # fmt: skip
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    print(f"\npy-spy: {total} samples of a running (non-idle) thread")
+    print("self time, top functions:")
+    for name, n in own.most_common(top):
+        print(f"  {100 * n / max(total, 1):5.1f} %  {name}")
+    print("inclusive time, top functions:")
+    for name, n in incl.most_common(top * 2):
+        print(f"  {100 * n / max(total, 1):5.1f} %  {name}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peers", type=int, default=60_000)
+    ap.add_argument("--measure", type=float, default=120.0)
+    ap.add_argument("--pyspy", type=float, default=120.0)
+    ap.add_argument("--settle", type=float, default=15.0)
+    ap.add_argument("--out", default="/tmp/idle")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the agent")
+    args = ap.parse_args()
+    missing = missing_prerequisites()
+    if missing:
+        print("cannot run:", ", ".join(missing), file=sys.stderr)
+        return 1
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        ns = lab.namespace("nai")
+        dev = lab.wireguard_go(ns, "wgi")
+        feed, config = Path(tmp, "feed.json"), Path(tmp, "config.yaml")
+        write_atomic(feed, feed_document(make_peers(args.peers), dev.name, "v1"))
+        config.write_text(
+            "node: {name: bench-01}\n"
+            "wireguard:\n  interfaces:\n"
+            f"    - name: {dev.name}\n      backend: userspace\n"
+            f"      uapi_socket: {dev.socket_path}\n"
+            f"feed: {{path: {feed}}}\n"
+            "load: {interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}\n"
+        )
+        env = {"PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.env)}
+        proc = ns.popen([sys.executable, "-m", "nodeagent", "run", "-c", str(config)], env=env,
+                        capture=False)  # fmt: skip
+        try:
+            # The agent logs to stderr (DEVNULL here): wait on the interface instead.
+            # wireguard-go takes at most 65,536 peers; the agent holds the rest back.
+            on_iface = min(args.peers, 1 << 16)
+            t_apply = wait_full(dev.socket_path, on_iface, proc)
+            print(
+                f"first pass: {on_iface} of {args.peers} peers on the interface "
+                f"after {t_apply:.1f} s"
+            )
+            time.sleep(args.settle)
+            pid = proc.pid
+            c0, w0 = cpu_seconds(pid), time.monotonic()
+            rss: list[int] = []
+            while time.monotonic() - w0 < args.measure:
+                time.sleep(1.0)
+                rss.append(status_kb(pid, "VmRSS"))
+            c1, w1 = cpu_seconds(pid), time.monotonic()
+            rss.sort()
+            print(
+                f"idle CPU over {w1 - w0:.0f} s: {100 * (c1 - c0) / (w1 - w0):.2f} % of a core; "
+                f"VmRSS min/median/max {rss[0] / 1024:.0f}/{rss[len(rss) // 2] / 1024:.0f}/"
+                f"{rss[-1] / 1024:.0f} MB (sampled each second), "
+                f"VmHWM {status_kb(pid, 'VmHWM') / 1024:.0f} MB"
+            )
+            if args.pyspy > 0 and shutil.which("py-spy"):
+                raw = Path(args.out + ".txt")
+                subprocess.run(
+                    ["py-spy", "record", "-p", str(pid), "-d", str(int(args.pyspy)), "-r", "100",
+                     "--nonblocking", "--format", "raw", "-o", str(raw)],
+                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                summarize(raw, args.top)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0
+
+
+def wait_full(socket_path: str, n: int, proc: subprocess.Popen[str]) -> float:
+    """Seconds until the interface holds ``n`` peers (counted from wireguard-go's reply)."""
+    from nodeagent.wireguard.uapi.backend import exchange
+
+    started = time.monotonic()
+    while time.monotonic() - started < 900:
+        if proc.poll() is not None:
+            raise SystemExit("agent exited before applying")
+        reply = exchange(socket_path, b"get=1\n\n")
+        if reply.count("public_key=") >= n:
+            return time.monotonic() - started
+        time.sleep(2.0)
+    raise SystemExit("agent did not apply in time")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

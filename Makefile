@@ -83,3 +83,4 @@ bench: deps-netns deps-kernel
 	$(PYTHON) -m bench.feed_bench
 	$(PYTHON) -m bench.openvpn_bench
 	$(PYTHON) -m bench.collector_bench
+	$(PYTHON) -m bench.memory_profile --peers 100000 --trim

@@ -60,7 +60,7 @@ demo: deps-netns
 	$(PYTHON) -m nodeagent lab $(DEMO_ARGS)
 
 # Debian with systemd as PID 1 in a VM: installs as the README says and checks the unit there.
-SYSTEM_PKGS = qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs kmod
+SYSTEM_PKGS = qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs kmod git
 test-system: deps-python
 	$(APT) $(SYSTEM_PKGS)
 	$(PYTEST) tests/system

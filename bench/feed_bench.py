@@ -123,17 +123,23 @@ async def propagation(iface: str, socket_path: str, base: int, changes: int) -> 
     with ServerThread(server) as st:
         async with HttpFeed(feed_config(server.url)) as feed:
             held: DesiredState = await feed.next(None)
-            await asyncio.to_thread(
+            # As the daemon does: each change is planned against what the last pass left
+            # (``known``); the periodic read-back is not what is measured here.
+            outcome = await asyncio.to_thread(
                 sync_interface, backend, held.wireguard[iface], datetime.now(UTC)
             )
             changed_at: dict[bytes, float] = {}
 
             async def follower() -> None:
-                nonlocal held
+                nonlocal held, outcome
                 while True:
                     held = await feed.next(held)
-                    await asyncio.to_thread(
-                        sync_interface, backend, held.wireguard[iface], datetime.now(UTC)
+                    outcome = await asyncio.to_thread(
+                        sync_interface,
+                        backend,
+                        held.wireguard[iface],
+                        datetime.now(UTC),
+                        known=outcome.peers,
                     )
                     done = time.perf_counter()
                     for k in list(changed_at):
@@ -159,7 +165,7 @@ async def propagation(iface: str, socket_path: str, base: int, changes: int) -> 
     return latencies
 
 
-def run_propagation(base: int, changes: int) -> None:
+def run_propagation(base: int, changes: int) -> dict[str, float]:
     with Lab() as lab:
         ns = lab.namespace("nfb")
         wg = lab.wireguard_go(ns, "wgfb")
@@ -167,8 +173,13 @@ def run_propagation(base: int, changes: int) -> None:
     ms = [x * 1000 for x in lat]
     print(
         f"propagation  changes={len(ms)} base_peers={base}  p50={statistics.median(ms):.1f} ms  "
-        f"p99={percentile(ms, 99):.1f} ms  max={max(ms):.1f} ms  (goal p99 < 1000 ms)"
+        f"p99={percentile(ms, 99):.1f} ms  max={max(ms):.1f} ms  (goal p99 < 100 ms)"
     )
+    return {
+        "base_peers": base,
+        "p50_ms": round(statistics.median(ms), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+    }
 
 
 # -- 2. snapshot --------------------------------------------------------------------
@@ -244,6 +255,8 @@ def main() -> int:
     ap.add_argument("--base", type=int, default=1000)
     ap.add_argument("--snapshot-peers", type=int, default=100_000)
     ap.add_argument("--skip-propagation", action="store_true")
+    ap.add_argument("--skip-snapshot", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="write the propagation figures here")
     ap.add_argument("--snapshot-client", metavar="URL", help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -255,8 +268,11 @@ def main() -> int:
         if missing:
             print("cannot run propagation:", ", ".join(missing), file=sys.stderr)
             return 1
-        run_propagation(args.base, args.changes)
-    run_snapshot(args.snapshot_peers)
+        figures = run_propagation(args.base, args.changes)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures))
+    if not args.skip_snapshot:
+        run_snapshot(args.snapshot_peers)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""The real daemon idle on wireguard-go: CPU over a window, RSS, a py-spy profile (root).
+"""The real daemon at scale on wireguard-go: idle CPU, memory, snapshot peak, recreation (root).
 
-    python bench/idle_cpu.py [--peers 60000] [--measure 120] [--pyspy 120] [--out /tmp/idle]
+    python bench/idle_cpu.py [--peers 60000] [--measure 125] [--pyspy 120] [--out /var/tmp/idle]
+                             [--json FILE]
 
 One wireguard-go interface in a fresh namespace; ``nodeagent run`` inside the
 same namespace with a file feed of ``--peers`` peers and the default intervals
@@ -9,13 +10,29 @@ loopback. Once the first pass has applied every peer and the process has
 settled, ``/proc/PID/stat`` utime+stime is read over ``--measure`` seconds
 (no profiler attached), then py-spy (if ``--pyspy`` > 0) samples it
 non-blocking for that many seconds and the samples are summed by function.
-Prints CPU as % of one core, VmRSS and VmHWM. A benchmark, not a test.
+Prints CPU as % of one core, VmRSS and VmHWM. The default window (125 s)
+spans two drift-repair passes and four scrub passes, so the VmRSS at its end
+is the resident memory "after two drift-repair passes".
+
+Then, with the profiler detached:
+- the peak while taking a new full snapshot of the same size: VmHWM is reset
+  (``/proc/PID/clear_refs``), a new feed version (100 peers removed, 100
+  added, the rest the same) is written, and VmHWM is read once the interface
+  holds the change; reported as MB and as a ratio to the resident memory;
+- repopulation: wireguard-go is stopped and started again (the same name,
+  no peers, as a ``systemctl restart`` leaves it) and the time until the
+  interface holds every peer again is measured from the new daemon's start.
+
+``--json FILE`` writes the figures for ``bench/scale_table.py``. A benchmark,
+not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,8 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nodeagent.core.model import Peer
 from nodeagent.lab.netns import missing_prerequisites
 from nodeagent.lab.tunnel import Lab
+from nodeagent.lab.wireguard_go import WireguardGo
+from nodeagent.wireguard.uapi.backend import exchange
 from tests.peerdata import feed_document, make_peers, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,12 +99,13 @@ def summarize(raw: Path, top: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=60_000)
-    ap.add_argument("--measure", type=float, default=120.0)
+    ap.add_argument("--measure", type=float, default=125.0)
     ap.add_argument("--pyspy", type=float, default=120.0)
     ap.add_argument("--settle", type=float, default=15.0)
-    ap.add_argument("--out", default="/tmp/idle")
+    ap.add_argument("--out", default="/var/tmp/idle")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the agent")
+    ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args()
     missing = missing_prerequisites()
     if missing:
@@ -94,7 +115,8 @@ def main() -> int:
         ns = lab.namespace("nai")
         dev = lab.wireguard_go(ns, "wgi")
         feed, config = Path(tmp, "feed.json"), Path(tmp, "config.yaml")
-        write_atomic(feed, feed_document(make_peers(args.peers), dev.name, "v1"))
+        peers = make_peers(args.peers)
+        write_atomic(feed, feed_document(peers, dev.name, "v1"))
         config.write_text(
             "node: {name: bench-01}\n"
             "wireguard:\n  interfaces:\n"
@@ -123,6 +145,8 @@ def main() -> int:
                 time.sleep(1.0)
                 rss.append(status_kb(pid, "VmRSS"))
             c1, w1 = cpu_seconds(pid), time.monotonic()
+            end_rss = status_kb(pid, "VmRSS")
+            cpu = 100 * (c1 - c0) / (w1 - w0)
             rss.sort()
             print(
                 f"idle CPU over {w1 - w0:.0f} s: {100 * (c1 - c0) / (w1 - w0):.2f} % of a core; "
@@ -138,6 +162,24 @@ def main() -> int:
                     check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 summarize(raw, args.top)
+            time.sleep(2.0)
+            peak = snapshot_peak(pid, feed, peers, dev.name, dev.socket_path)
+            print(
+                f"new full snapshot of {args.peers} peers: VmHWM {peak / 1024:.0f} MB, "
+                f"{peak / end_rss:.2f}x the resident {end_rss / 1024:.0f} MB"
+            )
+            back = repopulation_seconds(dev, on_iface, proc)
+            print(f"wireguard-go restarted: every peer back after {back:.2f} s")
+            figures = {
+                "peers": args.peers,
+                "on_interface": on_iface,
+                "idle_cpu_percent": round(cpu, 3),
+                "resident_mb": round(end_rss / 1024, 1),
+                "snapshot_peak_mb": round(peak / 1024, 1),
+                "repopulate_s": round(back, 2),
+            }
+            if args.json:
+                Path(args.json).write_text(json.dumps(figures))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -148,10 +190,41 @@ def main() -> int:
     return 0
 
 
+def snapshot_peak(pid: int, feed: Path, peers: dict[bytes, Peer], name: str, sock: str) -> int:
+    """VmHWM (kB) of ``pid`` while it takes a new full snapshot with 100 peers out, 100 in."""
+    keys = list(peers)
+    changed = {k: peers[k] for k in keys[100:]}
+    fresh = make_peers(100, tag="fresh", v4_base=11, v6_base="fd00:9")
+    changed.update(fresh)
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    write_atomic(feed, feed_document(changed, name, "v2"))
+    probe = next(iter(fresh)).hex()
+    started = time.monotonic()
+    while time.monotonic() - started < 600:
+        time.sleep(0.5)
+        if f"public_key={probe}" in exchange(sock, b"get=1\n\n"):
+            return status_kb(pid, "VmHWM")
+    raise SystemExit("the new snapshot was not applied in time")
+
+
+def repopulation_seconds(dev: WireguardGo, n: int, proc: subprocess.Popen[str]) -> float:
+    """Seconds from a restarted wireguard-go's start until it holds ``n`` peers again."""
+    dev.stop()
+    started = time.monotonic()
+    dev.start()
+    while time.monotonic() - started < 600:
+        if proc.poll() is not None:
+            raise SystemExit("agent exited")
+        with contextlib.suppress(OSError):
+            if exchange(dev.socket_path, b"get=1\n\n").count("public_key=") >= n:
+                return time.monotonic() - started
+        time.sleep(0.1)
+    raise SystemExit("the restarted interface was not repopulated in time")
+
+
 def wait_full(socket_path: str, n: int, proc: subprocess.Popen[str]) -> float:
     """Seconds until the interface holds ``n`` peers (counted from wireguard-go's reply)."""
-    from nodeagent.wireguard.uapi.backend import exchange
-
     started = time.monotonic()
     while time.monotonic() - started < 900:
         if proc.poll() is not None:

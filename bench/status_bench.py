@@ -27,6 +27,7 @@ requests failed or no reconcile pass completed during the busy run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -234,6 +235,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--idle", type=float, default=30.0)
     ap.add_argument("--port", type=int, default=19586)
+    ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args()
 
     missing = missing_prerequisites()
@@ -304,6 +306,10 @@ def main() -> int:
     for line in problems:
         print(f"# daemon log: {line}")
     failed = any(r["non2xx"] or r["socket_errors"] for r in (quiet, busy))
+    if args.json:
+        figures = {"peers": args.peers, "idle_p99_ms": quiet["p99"], "busy_p99_ms": busy["p99"],
+                   "passes": len(passes)}  # fmt: skip
+        Path(args.json).write_text(json.dumps(figures))
     return 0 if passes and not failed else 1
 
 

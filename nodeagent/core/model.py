@@ -138,6 +138,22 @@ class AllowedIPs(Collection[AllowedIP]):
     def __contains__(self, ip: object) -> bool:
         return isinstance(ip, AllowedIP) and _pack(ip) in set(_entries(self.packed))
 
+    def entries(self) -> Iterator[bytes]:
+        """Each route packed (address length, prefix length, address): cheaper than iterating."""
+        return _entries(self.packed)
+
+    def shares(self, entries: Collection[bytes]) -> bool:
+        """Whether any of ``entries`` (packed routes, as :meth:`entries` yields) is one of these.
+
+        Runs over every peer of an interface for each delta, so a few wanted
+        routes are first looked for as substrings, in C; a hit is confirmed
+        entry by entry (a substring may straddle two routes).
+        """
+        raw = self.packed
+        if len(entries) <= 4 and not any(e in raw for e in entries):
+            return False
+        return not set(_entries(raw)).isdisjoint(entries)
+
     def __eq__(self, other: object) -> bool:
         return type(other) is AllowedIPs and self.packed == other.packed
 
@@ -242,11 +258,17 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    """What a WireGuard interface reports: its identity and its peers."""
+    """What a WireGuard interface reports: its identity and its peers.
+
+    ``digest`` is the configuration digest (see ``core.backend``) of the very
+    reply these values were decoded from, when the backend computed one; it is
+    not part of the device's equality.
+    """
 
     private_key: bytes | None = None
     listen_port: int = 0
     peers: Mapping[bytes, Peer] = field(default_factory=dict)
+    digest: int | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"Device(listen_port={self.listen_port}, peers={len(self.peers)})"
@@ -271,10 +293,15 @@ class DesiredInterface:
     peers: Mapping[bytes, Peer] = field(default_factory=dict)
     expires: Mapping[bytes, datetime] = field(default_factory=dict)
 
-    def active(self, now: datetime) -> dict[bytes, Peer]:
-        """The peers that are desired at ``now``: expired ones are left out."""
+    def active(self, now: datetime) -> Mapping[bytes, Peer]:
+        """The peers that are desired at ``now``: expired ones are left out.
+
+        Without expiry times this is ``peers`` itself, not a copy: the
+        reconciler may then hold that very mapping as the interface's state
+        (one dict for a million peers, not two). Never modify it.
+        """
         if not self.expires:
-            return dict(self.peers)
+            return self.peers
         return {
             key: peer
             for key, peer in self.peers.items()

@@ -68,10 +68,24 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
     What an interface holds is, peer for peer, mostly what the feed wants: after
     a read-back both are equal copies, after a new snapshot the held peers are
     the previous snapshot's. Holding the desired objects (key included) instead
-    keeps one copy of each peer alive, not two. ``held`` itself comes back when
-    nothing is to be shared.
+    keeps one copy of each peer alive, not two. ``desired`` itself comes back
+    when the two hold equal peers under the same keys (the steady state: one
+    mapping held, not two), and ``held`` itself when nothing is to be shared.
     """
+    if held is desired:
+        return desired
     get = desired.get
+    if len(held) == len(desired):
+        for key, have in held.items():
+            want = get(key)
+            if want is not have and (
+                want is None
+                or want.allowed_ips != have.allowed_ips
+                or want.preshared_key != have.preshared_key
+            ):
+                break
+        else:
+            return desired
     # Comparisons inline: this runs over every peer after each read-back.
     for key, have in held.items():
         want = get(key)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from nodeagent.core.model import AllowedIP, DesiredInterface, DesiredState, Peer, User, parse_key
+from nodeagent.core.model import DesiredInterface, DesiredState, Peer, User, parse_key
 from nodeagent.feed.document import FeedError, decode_json, document_version
 from nodeagent.feed.peers import interface_name, parse_peers
 from nodeagent.feed.snapshot import USERNAME, parse_users, snapshot_from_doc
@@ -173,17 +173,18 @@ def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) 
         peers.pop(k, None)
         expires.pop(k, None)
     upserted = {peer.public_key for peer, _ in change.upsert}
-    new_ips: dict[AllowedIP, int] = {}
+    new_ips: dict[bytes, int] = {}  # each upserted route, packed: the upsert routing it
     for i, (peer, _) in enumerate(change.upsert):
-        for ip in peer.allowed_ips:
-            new_ips[ip] = i
+        for entry in peer.allowed_ips.entries():
+            new_ips[entry] = i
     if new_ips:
-        # Only the peers that stay as they were can collide with the upserted networks;
-        # isdisjoint on frozensets keeps this one pass in C over the interface.
-        wanted = new_ips.keys()
+        # Only the peers that stay as they were can collide with the upserted networks.
+        # This runs over every peer of the interface on each delta: packed routes,
+        # never AllowedIP values, are compared.
+        wanted = frozenset(new_ips)
         for k, peer in peers.items():
-            if k not in upserted and not wanted.isdisjoint(peer.allowed_ips):
-                i = min(new_ips[ip] for ip in peer.allowed_ips if ip in new_ips)
+            if k not in upserted and peer.allowed_ips.shares(wanted):
+                i = min(new_ips[e] for e in peer.allowed_ips.entries() if e in new_ips)
                 raise FeedError(
                     f"{where}.upsert[{i}].allowed_ips: an allowed IP already routed to another peer"
                 )

@@ -56,3 +56,22 @@ def test_from_packed_is_the_same_canonical_form() -> None:
         assert AllowedIPs.from_packed(entries) == want
         assert AllowedIPs.from_packed(entries[::-1]) == want
     assert AllowedIPs.from_packed([parse_packed_ip("10.8.0.2/32")] * 2) == AllowedIPs([V4])
+
+
+def test_shares_finds_a_common_route_and_never_a_straddling_substring() -> None:
+    a4, b4 = AllowedIP.parse("10.0.0.1/32"), AllowedIP.parse("10.0.0.2/32")
+    six = AllowedIP.parse("fd00::1/128")
+    ips = AllowedIPs([a4, six])
+    entries = list(ips.entries())
+    assert len(entries) == 2 and b"".join(entries) == ips.packed
+    assert ips.shares(frozenset(AllowedIPs([six]).entries()))
+    assert not ips.shares(frozenset(AllowedIPs([b4]).entries()))
+    # The tail of one route and the head of the next: a substring of the packing,
+    # and no route of the peer.
+    straddle = ips.packed[3:9]
+    assert straddle in ips.packed and straddle not in entries
+    assert not ips.shares(frozenset({straddle}))
+    # Many wanted routes take the other path: the same answers.
+    many = frozenset(AllowedIPs([AllowedIP.parse(f"10.9.0.{i}/32") for i in range(10)]).entries())
+    assert not ips.shares(many)
+    assert ips.shares(many | {entries[1]})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import AllowedIP, Peer, PeerUpdate, Plan
-from nodeagent.core.reconcile import apply_to, plan
-from tests.peerdata import key
+from nodeagent.core.model import AllowedIP, DesiredInterface, Peer, PeerUpdate, Plan
+from nodeagent.core.reconcile import apply_to, plan, share_equal
+from tests.peerdata import key, make_peers
 
 A, B, C = key("t", 1), key("t", 2), key("t", 3)
 IP1, IP2 = AllowedIP.parse("10.0.0.1/32"), AllowedIP.parse("fd00::1/128")
@@ -65,3 +67,24 @@ def test_random_walk_converges_and_is_idempotent(walk: list[dict[bytes, Peer]]) 
         assert plan(desired, actual).empty
         # Removals only name peers that existed; adds only peers that did not.
         assert not set(p.remove) & set(desired)
+
+
+def test_share_equal_holds_the_desired_mapping_itself_when_the_peers_are_equal() -> None:
+    desired = make_peers(50)
+    copy = {bytes(k): Peer(bytes(k), p.allowed_ips, p.preshared_key) for k, p in desired.items()}
+    assert share_equal(copy, desired) is desired
+    assert share_equal(desired, desired) is desired
+    # One peer differs: a mapping of its own, holding the desired objects where equal.
+    k0 = next(iter(desired))
+    copy[k0] = Peer(k0, (), None)
+    shared = share_equal(copy, desired)
+    assert shared is not desired and shared[k0] is copy[k0]
+    assert all(shared[k] is desired[k] for k in desired if k != k0)
+    # Fewer peers held than desired (additions waiting): never the desired mapping.
+    del copy[k0]
+    assert share_equal(copy, desired) is not desired
+
+
+def test_active_is_the_peers_themselves_without_expiry() -> None:
+    peers = make_peers(3)
+    assert DesiredInterface(peers).active(datetime.now(UTC)) is peers

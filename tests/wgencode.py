@@ -36,7 +36,6 @@ from nodeagent.wireguard.netlink.codec.encode import (
     pack_elements,
     peer_elements,
     peers_nest,
-    sorted_ips,
 )
 
 # What the kernel's GET_DEVICE puts after a peer's keys, in this order, zeroed:
@@ -72,7 +71,7 @@ def encode_device_dump(
         dev_attrs += attr(WGDEVICE_A_PRIVATE_KEY, device.private_key)
     flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if interrupted else 0)
     ops = [
-        PeerOp(p.public_key, 0, p.preshared_key or ZERO_KEY, sorted_ips(p.allowed_ips))
+        PeerOp(p.public_key, 0, p.preshared_key or ZERO_KEY, p.allowed_ips)
         for p in device.peers.values()
     ]
     room = max_message - NLMSG_HDR.size - len(head) - len(dev_attrs) - NEST_HDR_LEN

@@ -303,3 +303,38 @@ def test_deltas_of_the_reference_server_reach_its_snapshot(seed: int) -> None:
         held, full = apply_document(json.dumps(doc), held)
         assert not full
         assert held == parse_snapshot(store.full_body(False))
+
+
+def test_a_route_that_only_straddles_two_held_routes_is_no_collision() -> None:
+    # Packed, 10.8.0.4/32 then 0.0.0.7/32 are 04 20 0a 08 00 04 | 04 20 00 00 00 07:
+    # from the sixth byte on that reads 04 04 20 00 00 00, which is 32.0.0.0/4 packed.
+    held = parse_snapshot(
+        json.dumps(
+            {
+                "version": "v1",
+                "full": True,
+                "wireguard": {
+                    "wg0": {
+                        "peers": [
+                            {"public_key": K[0], "allowed_ips": ["10.8.0.4/32"]},
+                            {"public_key": K[1], "allowed_ips": ["0.0.0.7/32"]},
+                        ]
+                    }
+                },
+            }
+        )
+    )
+    straddle = delta({"wg0": {"upsert": [{"public_key": K[2], "allowed_ips": ["32.0.0.0/4"]}]}})
+    new = apply_delta(held, parse_delta(straddle))
+    assert len(new.wireguard["wg0"].peers) == 3
+    taken = delta({"wg0": {"upsert": [{"public_key": K[2], "allowed_ips": ["0.0.0.7/32"]}]}})
+    with pytest.raises(FeedError, match=r"upsert\[0\].allowed_ips: an allowed IP already routed"):
+        apply_delta(held, parse_delta(taken))
+
+
+def test_a_large_delta_finds_a_collision_too() -> None:
+    items = [{"public_key": format_key(key("big", i)), "allowed_ips": [f"10.77.0.{i}/32"]}
+             for i in range(40)]  # fmt: skip
+    items[30]["allowed_ips"] = ["10.8.0.2/32"]  # K[0]'s route in base()
+    with pytest.raises(FeedError, match=r"upsert\[30\].allowed_ips: an allowed IP already"):
+        apply_delta(base(), parse_delta(delta({"wg0": {"upsert": items}})))

@@ -92,3 +92,42 @@ class BackendContract:
         converge(backend, {a: Peer(a)})
         converge(backend, {a: Peer(a, preshared_key=key("psk", 5))})
         converge(backend, {})
+
+    def test_config_digest_is_that_of_a_read_and_ignores_peer_order(self, backend: Backend) -> None:
+        desired = make_peers(40)
+        converge(backend, desired)
+        digest = backend.config_digest()
+        assert digest is not None
+        assert backend.read().digest == digest
+        assert backend.config_digest() == digest  # nothing changed: the same again
+        # The same peers again, added in the reverse order (the kernel lists them so).
+        backend.apply(Plan(remove=tuple(desired)))
+        assert backend.config_digest() != digest
+        backend.apply(Plan(add=tuple(reversed(desired.values()))))
+        assert dict(backend.read().peers) == desired
+        assert backend.config_digest() == digest
+
+    def test_config_digest_follows_each_kind_of_change(self, backend: Backend) -> None:
+        desired = make_peers(30)
+        converge(backend, desired)
+        digest = backend.config_digest()
+        keys = sorted(desired)
+        psk_less = next(k for k in keys if desired[k].preshared_key is None)
+        changes = {
+            "a peer removed": {k: p for k, p in desired.items() if k != keys[0]},
+            "a route changed": {**desired, keys[1]: Peer(keys[1], (v4(7, 11),), None)},
+            "a preshared key added": {
+                **desired,
+                psk_less: Peer(psk_less, desired[psk_less].allowed_ips, key("psk", 77)),
+            },
+            "a peer added": {**desired, key("extra", 1): Peer(key("extra", 1), (v4(1, 12),))},
+        }
+        seen = {digest}
+        for what, changed in changes.items():
+            converge(backend, changed)
+            now = backend.config_digest()
+            assert now is not None and now not in seen, what
+            assert backend.read().digest == now, what
+            seen.add(now)
+            converge(backend, desired)
+            assert backend.config_digest() == digest, what

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodeagent.core.backend import InterfaceMissing
+from nodeagent.core.backend import DIGEST_MASK, InterfaceMissing
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
 from nodeagent.core.reconcile import apply_to
 
@@ -17,6 +17,7 @@ class FakeBackend:
         self.applied: list[Plan] = []
         self.fail_next_apply = False
         self.reads = 0
+        self.digests = 0  # config_digest() calls
         self.max_peers: int | None = None
         self.incarnation = 1  # what presence() reports while the interface exists
 
@@ -36,7 +37,20 @@ class FakeBackend:
         self.reads += 1
         if not self.exists:
             raise InterfaceMissing(f"{self._interface}: no such interface")
-        return Device(self.private_key, self.listen_port, dict(self.peers))
+        return Device(self.private_key, self.listen_port, dict(self.peers), self._digest())
+
+    def config_digest(self) -> int:
+        self.digests += 1
+        if not self.exists:
+            raise InterfaceMissing(f"{self._interface}: no such interface")
+        return self._digest()
+
+    def _digest(self) -> int:
+        # As the real ones: a sum of each peer's hash, whatever their order.
+        total = hash((self.private_key, self.listen_port))
+        for k, p in self.peers.items():
+            total += hash((k, p.allowed_ips, p.preshared_key))
+        return total & DIGEST_MASK
 
     def apply(self, plan: Plan) -> None:
         if not self.exists:

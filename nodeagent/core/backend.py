@@ -11,6 +11,9 @@ from typing import Protocol
 
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
 
+#: Digests are sums of ``hash()`` values, kept to 64 bits.
+DIGEST_MASK = (1 << 64) - 1
+
 
 class BackendError(Exception):
     """The kernel or the userspace daemon refused or failed a request.
@@ -35,7 +38,29 @@ class Backend(Protocol):
         ...
 
     def read(self) -> Device:
-        """The interface's current key, port and peers, read back from the implementation."""
+        """The interface's current key, port and peers, read back from the implementation.
+
+        The device carries the configuration digest of the same reply
+        (``Device.digest``), so that it describes exactly what was read.
+        """
+        ...
+
+    def config_digest(self) -> int | None:
+        """The interface's configuration digest: one get or dump, and nothing decoded.
+
+        A 64-bit number computed from what the agent configures: each peer's
+        public key, preshared key and allowed IPs, and the device's private key
+        and port where the reply holds them. Never from endpoints, handshake
+        times or byte counts, so a peer's activity does not change it and none
+        of it is kept. The order in which the implementation lists peers does
+        not matter. Equal digests mean, but for a 2**-64 chance, an unchanged
+        configuration; a different digest may also come from a change in how a
+        peer's lines are laid out, so it only ever means "read back". Digests are
+        comparable only within one backend object (``hash()`` is salted per
+        process), and only with ``read().digest`` and other ``config_digest()``
+        values of it. None: a reply laid out so that its digest would vouch for
+        nothing (read back). A malformed or refused reply raises ``BackendError``.
+        """
         ...
 
     def presence(self) -> Hashable | None:

@@ -74,9 +74,12 @@ class KernelBackend(NetlinkConversation):
     # --- read ---------------------------------------------------------------
 
     def read(self) -> Device:
-        """Dump the interface's key, port and peers (endpoints and statistics are dropped)."""
+        """Dump the interface's key, port and peers (endpoints and statistics are dropped).
+
+        The device carries the digest of the same dump.
+        """
         t0 = time.monotonic()
-        dev = self.dump(nlwire.DeviceDecoder, "read").device()
+        dev = self.dump(nlwire.ReadDecoder, "read").device()
         log.debug(
             "wg_read interface=%s peers=%d ms=%d",
             self._interface,
@@ -84,6 +87,13 @@ class KernelBackend(NetlinkConversation):
             (time.monotonic() - t0) * 1000,
         )
         return dev
+
+    def config_digest(self) -> int | None:
+        """The configuration digest of one dump, whose peers are not decoded."""
+        t0 = time.monotonic()
+        digest = self.dump(nlwire.DigestDecoder, "digest").digest()
+        log.debug("wg_digest interface=%s ms=%d", self._interface, (time.monotonic() - t0) * 1000)
+        return digest
 
     # --- apply --------------------------------------------------------------
 

@@ -178,7 +178,7 @@ class UapiBackend:
         return BackendError(f"{self._interface}: {op} failed on the UAPI socket ({reason})")
 
     def read(self) -> Device:
-        """The device's private key, port and peers, as the daemon reports them."""
+        """The device's private key, port and peers, as the daemon reports them, and its digest."""
         reply = self._request(uapi_text.GET_REQUEST, "get")
         try:
             device, code = uapi_text.parse_get_reply(reply)
@@ -187,6 +187,17 @@ class UapiBackend:
         if code:
             raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
         return device
+
+    def config_digest(self) -> int | None:
+        """The configuration digest of one ``get=1`` reply, which is not parsed."""
+        reply = self._request(uapi_text.GET_REQUEST, "get")
+        try:
+            digest, code = uapi_text.reply_digest(reply)
+        except uapi_text.UapiProtocolError as e:
+            raise BackendError(f"{self._interface}: get: {e}") from None
+        if code:
+            raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
+        return digest
 
     def _set(self, lines: list[str], op: str) -> None:
         request = uapi_text.set_request(lines)

@@ -8,13 +8,16 @@ of such lines ended by a blank line, answered by ``errno=N``. Keys are hex.
 Only what the agent reconciles is parsed: the device's private key and port, and
 each peer's public key, preshared key and allowed IPs. Endpoints, handshake
 times and byte counts are skipped without being kept, so they cannot leak from
-here into a log line or a metric.
+here into a log line or a metric. :func:`reply_digest` sums hashes of the
+configuration lines of a reply and leaves those lines out.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
+from nodeagent.core.backend import DIGEST_MASK
 from nodeagent.core.model import (
     KEY_LEN,
     ZERO_KEY,
@@ -34,13 +37,12 @@ class UapiProtocolError(ValueError):
     """The daemon's reply is not well-formed UAPI text. Never quotes the offending text."""
 
 
-def split_reply(text: str) -> tuple[list[str], int]:
-    """Split a whole reply into its body lines and the final ``errno`` value."""
+def _reply_end(text: str) -> tuple[int, int]:
+    """Where a whole reply's body ends (the newline before its errno line; -1: none), and errno."""
     if not text.endswith("\n\n"):
         raise UapiProtocolError("reply does not end with a blank line")
-    lines = text[:-2].split("\n")
-    last = lines.pop()
-    name, sep, value = last.partition("=")
+    cut = text.rfind("\n", 0, len(text) - 2)
+    name, sep, value = text[cut + 1 : -2].partition("=")
     if name != "errno" or not sep:
         raise UapiProtocolError("reply does not end with an errno line")
     try:
@@ -50,7 +52,46 @@ def split_reply(text: str) -> tuple[list[str], int]:
     if not -(2**31) <= errno < 2**31:
         # An errno is a C int; a longer number is no errno, and could be anything.
         raise UapiProtocolError("reply has a malformed errno line")
-    return lines, errno
+    return cut, errno
+
+
+def split_reply(text: str) -> tuple[list[str], int]:
+    """Split a whole reply into its body lines and the final ``errno`` value."""
+    cut, errno = _reply_end(text)
+    return (text[:cut].split("\n") if cut >= 0 else []), errno
+
+
+# The lines of a get=1 reply that change with a peer's activity, each with the
+# newline before it. Never part of a digest: neither kept nor compared.
+_VOLATILE = re.compile(
+    r"\n(?:endpoint|last_handshake_time_sec|last_handshake_time_nsec|tx_bytes|rx_bytes)=[^\n]*"
+)
+_PEER_START = "public_key="
+
+
+def reply_digest(text: str) -> tuple[int, int]:
+    """The configuration digest of a whole ``get=1`` reply (0 if errno is set), and errno.
+
+    Nothing is decoded, and everything runs at C speed: the activity lines are
+    cut out with one regular expression, the rest is split where a peer
+    starts, and the ``hash()`` of each piece is summed (modulo 2**64), so the
+    order of the peers (wireguard-go lists them in Go's random map order) does
+    not matter. The first piece is the device's own lines (private key, port).
+    Any difference in a peer's lines changes the digest, also one the parser
+    would not mind, which only ever leads to a full read. The ending and the
+    errno line are checked as :func:`split_reply` checks them.
+    """
+    cut, errno = _reply_end(text)
+    if errno:
+        return 0, errno
+    parts = _VOLATILE.sub("", text).split("\n" + _PEER_START)
+    # The errno line and the blank line end the last piece (the sub leaves them be).
+    parts[-1] = parts[-1][: cut - len(text)] if cut >= 0 else ""
+    if parts[0].startswith(_PEER_START):
+        # No device lines: the first piece is a peer's, cut like the others (an
+        # absent device piece counts as hash("") == 0 would).
+        parts[0] = parts[0][len(_PEER_START) :]
+    return sum(map(hash, parts)) & DIGEST_MASK, errno
 
 
 def _key(value: str) -> bytes:
@@ -112,11 +153,20 @@ def parse_device(lines: Iterable[str]) -> Device:
 
 
 def parse_get_reply(text: str) -> tuple[Device, int]:
-    """Parse a whole ``get=1`` reply: the device (empty if errno is set) and errno."""
+    """Parse a whole ``get=1`` reply: the device (empty if errno is set) and errno.
+
+    The device carries the reply's :func:`reply_digest`, unless a key is listed
+    twice (which wireguard-go never does): the parser keeps its last listing,
+    the digest sums both, and another reply with the same pieces in another
+    order would parse differently, so such a digest vouches for nothing.
+    """
     lines, errno = split_reply(text)
     if errno:
         return Device(), errno
-    return parse_device(lines), errno
+    device = parse_device(lines)
+    listed = text.count("\n" + _PEER_START) + text.startswith(_PEER_START)
+    digest = reply_digest(text)[0] if listed == len(device.peers) else None
+    return Device(device.private_key, device.listen_port, device.peers, digest), errno
 
 
 def parse_set_reply(text: str) -> int:

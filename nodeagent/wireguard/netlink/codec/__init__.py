@@ -7,6 +7,7 @@ feeds it what the kernel answers; callers use the names below
 * ``constants``: the protocol's numbers, header layouts and size limits;
 * ``framing``: messages in a datagram, error replies, the one attribute walker;
 * ``decode``: GET_DEVICE dump replies into a ``Device``;
+* ``digest``: GET_DEVICE dump replies into a configuration digest, undecoded;
 * ``encode``: SET_DEVICE messages for a plan's peers, packed many a message,
   and the GET_DEVICE request.
 
@@ -62,6 +63,7 @@ from nodeagent.wireguard.netlink.codec.constants import (
     WGPEER_F_UPDATE_ONLY,
 )
 from nodeagent.wireguard.netlink.codec.decode import DeviceDecoder, decode_device
+from nodeagent.wireguard.netlink.codec.digest import DigestDecoder, ReadDecoder
 from nodeagent.wireguard.netlink.codec.encode import (
     PeerOp,
     encode_get_device,
@@ -124,8 +126,10 @@ __all__ = [
     "WG_GENL_VERSION",
     "DecodeError",
     "DeviceDecoder",
+    "DigestDecoder",
     "Message",
     "PeerOp",
+    "ReadDecoder",
     "decode_device",
     "encode_get_device",
     "encode_set_device",

@@ -46,9 +46,9 @@ from nodeagent.wireguard.netlink.codec.framing import (
 # What the kernel's GET_DEVICE puts first in a peer, in this order: public and
 # preshared key, last handshake (timespec64), keepalive (u16), tx and rx bytes
 # (u64), protocol version (u32). When the headers match, one unpack takes the
-# keys and skips the rest.
-_PEER_FAST = struct.Struct("=HH32s HH32s HH16x HH4x HH8x HH8x HH4x")
-_PEER_FAST_HDRS = (
+# keys and skips the rest. (``codec.digest`` relies on the same layout.)
+PEER_FAST = struct.Struct("=HH32s HH32s HH16x HH4x HH8x HH8x HH4x")
+PEER_FAST_HDRS = (
     20, WGPEER_A_LAST_HANDSHAKE_TIME, 6, WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
     12, WGPEER_A_TX_BYTES, 12, WGPEER_A_RX_BYTES, 8, WGPEER_A_PROTOCOL_VERSION,
 )  # fmt: skip
@@ -100,17 +100,17 @@ class DeviceDecoder:
         psk: bytes | None = None
         ips: list[bytes] = []
         # Fast path: the kernel's fixed first-part layout, checked by its headers.
-        if p + _PEER_FAST.size <= pend:
-            r = _PEER_FAST.unpack_from(buf, p)
+        if p + PEER_FAST.size <= pend:
+            r = PEER_FAST.unpack_from(buf, p)
             if (
                 r[0] == 36
                 and r[1] == WGPEER_A_PUBLIC_KEY
                 and r[3] == 36
                 and r[4] == WGPEER_A_PRESHARED_KEY
-                and r[6:] == _PEER_FAST_HDRS
+                and r[6:] == PEER_FAST_HDRS
             ):
                 key, psk = r[2], r[5]
-                p += _PEER_FAST.size
+                p += PEER_FAST.size
                 # The kernel's last attribute of a peer without an endpoint: its
                 # allowed IPs, up to the peer's end (no walker for one element).
                 if p + 4 <= pend:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import struct
 from pathlib import Path
 
-from nodeagent.core.model import AllowedIP, Peer, format_key
+from nodeagent.core.model import AllowedIP, AllowedIPs, Peer, format_key
 
 
 def key(tag: str, i: int) -> bytes:
@@ -34,6 +36,33 @@ def make_peers(
         psk = key("psk", i) if i % 3 == 0 else None
         pk = key(tag, i)
         peers[pk] = Peer(pk, frozenset(ips), psk)
+    return peers
+
+
+def make_peers_fast(
+    n: int, *, tag: str = "peer", v4_base: int = 10, v6_base: str = "fd00:8"
+) -> dict[bytes, Peer]:
+    """``make_peers(n, ...)`` exactly (same keys, routes, preshared keys, order), ~10x faster.
+
+    For a million peers (bench.kernel_bench --million): each peer's routes are
+    packed directly (AllowedIPs.from_packed), with no text to parse and no
+    AllowedIP tuple or set on the way.
+    """
+    prefix = socket.inet_pton(socket.AF_INET6, f"{v6_base}::")[:12]
+    hi_lo = struct.Struct(">HH").pack
+    if prefix + hi_lo(1, 2) != v6((1 << 16) + 2, v6_base).address:
+        raise ValueError("v6_base must leave room for two more groups")
+    v4_head, v6_head = bytes((4, 32, v4_base)), bytes((16, 128)) + prefix
+    sha256, from_packed = hashlib.sha256, AllowedIPs.from_packed
+    tag_b = tag.encode()
+    peers: dict[bytes, Peer] = {}
+    for i in range(n):
+        route = v4_head + bytes(((i >> 16) & 255, (i >> 8) & 255, i & 255))
+        if i % 2 == 0:  # packed routes are canonical in this order: IPv4 sorts first
+            route += v6_head + hi_lo(i >> 16, i & 0xFFFF)
+        pk = sha256(b"%b:%d" % (tag_b, i)).digest()
+        psk = sha256(b"psk:%d" % i).digest() if i % 3 == 0 else None
+        peers[pk] = Peer(pk, from_packed([route]), psk)
     return peers
 
 

@@ -16,19 +16,76 @@ Held-back counts are part of the outcome, for the log, ``/status`` and
 
 Reading 20,000 peers back costs more than applying a small change, so a caller
 may pass the state it last saw (``known``) and skip the read; the daemon does
-so between its periodic read-backs, which repair any drift.
+so between its periodic drift repairs.
+
+A drift repair need not decode what did not change either. A pass that read
+the interface back and found nothing to send leaves the configuration digest
+of that read (``SyncOutcome.digest``, see ``Backend.config_digest``). When the
+next repair is due, a caller that still holds ``known`` and that digest passes
+both: the interface's digest is asked for first, and only if it differs (or
+cannot be had) is the interface read back and planned against. Whatever the
+pass sends, and any failure, leaves no digest: after the agent changed the
+interface itself, the next repair reads it back. :func:`plan_basis` and
+:func:`digest_after` are that decision.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 
 from nodeagent.core.backend import Backend
 from nodeagent.core.model import DesiredInterface, Peer, Plan
 from nodeagent.core.reconcile import apply_to, plan, share_equal
+
+
+class Basis(Enum):
+    """What a pass planned against."""
+
+    KNOWN = "known"  # the peers the last pass left, trusted between drift repairs
+    DIGEST = "digest"  # the same, at a drift repair, the interface's digest unchanged
+    READ_BACK = "read_back"  # the peers read back from the interface
+
+
+def plan_basis(
+    *,
+    known: bool,
+    recorded: int | None,
+    repair_due: bool,
+    digest: Callable[[], int | None],
+) -> Basis:
+    """What to plan against, asking ``digest()`` (the interface's) only when it decides.
+
+    Without ``known`` state, or at a drift repair without a ``recorded``
+    digest, the interface is read back; between repairs ``known`` is trusted;
+    at a repair it is trusted only if the digest equals the recorded one. A
+    digest that differs or is unknown (None) always ends in the read-back.
+    """
+    if not known:
+        return Basis.READ_BACK
+    if not repair_due:
+        return Basis.KNOWN
+    if recorded is None:
+        return Basis.READ_BACK
+    current = digest()
+    return Basis.DIGEST if current is not None and current == recorded else Basis.READ_BACK
+
+
+def digest_after(basis: Basis, applied: bool, recorded: int | None, read: int | None) -> int | None:
+    """The digest of what the interface holds after a pass; None: read back at the next repair.
+
+    Only a read-back that found nothing to send vouches for a digest (the
+    read's own, ``read``); a pass that sent nothing keeps the ``recorded``
+    one it planned against; any change the agent sends drops it.
+    """
+    if applied:
+        return None
+    if basis is Basis.READ_BACK:
+        return read
+    return recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +100,11 @@ class SyncOutcome:
     # Removals the guard held back, and additions beyond the implementation's limit.
     held_removals: int = 0
     held_additions: int = 0
-    # What the interface holds afterwards: the ``known`` state of the next pass.
+    # What the interface holds afterwards: the ``known`` state of the next pass,
     peers: Mapping[bytes, Peer] = field(default_factory=dict, repr=False, compare=False)
+    # and its configuration digest if the pass vouches for one (``digest_after``).
+    digest: int | None = field(default=None, repr=False, compare=False)
+    basis: Basis = Basis.READ_BACK
 
     @property
     def peer_count(self) -> int:
@@ -96,14 +156,31 @@ def sync_interface(
     now: datetime,
     max_removal_ratio: float = 1.0,
     known: Mapping[bytes, Peer] | None = None,
+    *,
+    digest: int | None = None,
+    repair_due: bool = False,
 ) -> SyncOutcome:
     """Bring one interface in line with ``desired`` at time ``now``, as far as the guards allow.
 
     ``known`` is what the interface held after the previous pass; without it the
-    interface is read back first.
+    interface is read back first. ``digest`` is the configuration digest the
+    interface had while it held ``known`` (the previous outcome's); with
+    ``repair_due`` (a drift repair), ``known`` is trusted only if the
+    interface's digest still equals it, and read back otherwise.
     """
     started = time.monotonic()
-    actual = backend.read().peers if known is None else known
+    basis = plan_basis(
+        known=known is not None,
+        recorded=digest,
+        repair_due=repair_due,
+        digest=backend.config_digest,
+    )
+    read_digest: int | None = None
+    if known is None or basis is Basis.READ_BACK:
+        device = backend.read()
+        actual, read_digest = device.peers, device.digest
+    else:
+        actual = known
     active = desired.active(now)
     wanted = plan(active, actual)
     guarded = guard_removals(wanted, desired, len(actual), max_removal_ratio)
@@ -117,9 +194,11 @@ def sync_interface(
         removed=len(p.remove),
         unchanged=len(actual) - len(p.update) - len(p.remove),
         ms=(time.monotonic() - started) * 1000,
-        read_back=known is None,
+        read_back=basis is Basis.READ_BACK,
         held_removals=len(wanted.remove) - len(p.remove),
         held_additions=len(wanted.add) - len(p.add),
         # One copy of each peer held, not two: the desired object where equal.
         peers=share_equal(apply_to(actual, p) if not p.empty else actual, active),
+        digest=digest_after(basis, not p.empty, digest, read_digest),
+        basis=basis,
     )

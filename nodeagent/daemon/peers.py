@@ -2,8 +2,10 @@
 
 :class:`Interfaces` holds a backend per configured interface and the turns the
 worker threads take at them. The reconciler applies the newest feed whenever it
-changes, every ``wireguard.resync_interval`` (reading the interfaces back, which
-repairs drift), at the next expiry, and after a failure with backoff. The
+changes, every ``wireguard.resync_interval`` (a drift repair: the interfaces
+are read back, unless their configuration digest shows that nothing changed
+since a read-back found nothing to repair), at the next expiry, and after a
+failure with backoff. The
 scrubber re-adds idle peers every ``privacy.scrub_interval``. Neither touches a
 peer on the way out: stopping the agent leaves every peer where it is.
 """
@@ -123,9 +125,14 @@ class Reconciler(TaskService):
         # Each interface's presence() as the last pass began: the watch compares with it.
         self._presence: dict[str, Hashable | None] = {}
         # Peers each interface held after the last pass. Feed changes are planned
-        # against it; every resync_interval (and after any failure) it is dropped
-        # and the interfaces are read back, which repairs drift.
+        # against it; after any failure it is dropped and the interfaces are read
+        # back. Every resync_interval (a drift repair) it is trusted only where the
+        # interface's configuration digest still equals the one recorded here: the
+        # digest of a read-back that found no drift, kept while the agent sends
+        # nothing (core.sync.plan_basis, digest_after). Any apply, failure, reload
+        # or presence change drops it, so the next repair reads back.
         self._known: dict[str, Mapping[bytes, Peer]] = {}
+        self._digests: dict[str, int] = {}
         # Per interface, as of its last pass: (removals held back, additions over the limit).
         self.held: dict[str, tuple[int, int]] = {}
         self.peers: dict[str, int] = {}  # peers on each interface after its last pass
@@ -193,7 +200,7 @@ class Reconciler(TaskService):
         """On the loop, between passes: what changed since the last one."""
         for name in self._changed:
             # Read back, and set up again (key, port, addresses) if the agent creates it.
-            self._known.pop(name, None)
+            self._forget(name)
             self._interfaces.set_up.discard(name)
         self._changed.clear()
         if self._pending is not None:
@@ -201,7 +208,7 @@ class Reconciler(TaskService):
             self._interfaces.retire(replace)
             for name in replace:
                 self._presence.pop(name, None)
-            self._known.clear()
+            self._forget()
 
     async def _pass(self, desired: DesiredState, retries: Retries) -> float | None:
         """One pass in a worker thread; if it failed (logged and counted), the retry delay."""
@@ -258,24 +265,42 @@ class Reconciler(TaskService):
                     backends[cfg.name].setup(setup)
                     log.info("interface_setup interface=%s", cfg.name)
                 self._interfaces.set_up.add(cfg.name)
-        if time.monotonic() >= self._read_back_due:
-            self._known.clear()
+        repair_due = time.monotonic() >= self._read_back_due
+        if repair_due:
             self._read_back_due = time.monotonic() + self.config.wireguard.resync_interval
         try:
-            outcomes = reconcile_all(self.config, backends, desired, self._clock(), self._known)
+            outcomes = reconcile_all(
+                self.config,
+                backends,
+                desired,
+                self._clock(),
+                self._known,
+                digests=self._digests,
+                repair_due=repair_due,
+            )
         except SyncFailed as e:
             # The interfaces that succeeded are reported; every one is read back next time.
-            self._known.clear()
+            self._forget()
             self._record(e.outcomes)
             raise
         except Exception:
-            self._known.clear()
+            self._forget()
             raise
         self._known = {o.interface: o.peers for o in outcomes}
+        self._digests = {o.interface: o.digest for o in outcomes if o.digest is not None}
         self.passes += 1
         self._metrics.reconcile_passes.inc()
         self.first_pass_ok = True
         self._record(outcomes)
+
+    def _forget(self, name: str | None = None) -> None:
+        """Drop what the last pass left (of ``name``, or of every interface): read back next."""
+        if name is None:
+            self._known.clear()
+            self._digests.clear()
+        else:
+            self._known.pop(name, None)
+            self._digests.pop(name, None)
 
     def _record(self, outcomes: list[SyncOutcome]) -> None:
         for o in outcomes:
@@ -284,7 +309,7 @@ class Reconciler(TaskService):
             if o.added or o.updated or o.removed:
                 log.info("peer_sync applied %s", o.event())
             else:
-                log.debug("peer_sync unchanged %s", o.event())
+                log.debug("peer_sync unchanged %s basis=%s", o.event(), o.basis.value)
             before = self.held.get(o.interface, (0, 0))
             held = (o.held_removals, o.held_additions)
             self.held[o.interface] = held

@@ -81,11 +81,16 @@ def reconcile_all(
     desired: DesiredState,
     now: datetime,
     known: Mapping[str, Mapping[bytes, Peer]] | None = None,
+    *,
+    digests: Mapping[str, int] | None = None,
+    repair_due: bool = False,
 ) -> list[SyncOutcome]:
     """One pass over every configured interface; ``SyncFailed`` after the rest ran if any failed.
 
     ``known`` maps interfaces to the peers they held after the previous pass;
-    an interface without an entry is read back first.
+    an interface without an entry is read back first. ``digests``: their
+    configuration digests as those passes left them; with ``repair_due`` each
+    interface's ``known`` is checked against it (``core.sync.plan_basis``).
     """
     outcomes: list[SyncOutcome] = []
     failures: dict[str, str] = {}
@@ -103,6 +108,8 @@ def reconcile_all(
                     now,
                     config.feed.max_removal_ratio,
                     known=(known or {}).get(cfg.name),
+                    digest=(digests or {}).get(cfg.name),
+                    repair_due=repair_due,
                 )
             )
         except Exception as e:  # one interface's failure never keeps the others from their pass

@@ -19,6 +19,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
 from nodeagent.load.counters import LinkCounters, decode_dump, parse_links
 from nodeagent.wireguard.netlink import codec as nlwire
@@ -107,6 +108,65 @@ def _activity_dump(peers: list[tuple[Peer, bytes | None, int, int]], flags: int)
     return msg + done
 
 
+def _kernel_elements(p: Peer, endpoint: bytes | None, sec: int, nsec: int) -> list[bytes]:
+    """A peer as the kernel's GET_DEVICE writes it: keys, handshake, keepalive, counters,
+    version, the endpoint if any, allowed IPs; a second route goes into a continuation
+    that repeats only the key (as when the kernel splits a peer across messages)."""
+    head = _attr(nlwire.WGPEER_A_PUBLIC_KEY, p.public_key)
+    first = head + _attr(nlwire.WGPEER_A_PRESHARED_KEY, p.preshared_key or ZERO_KEY)
+    first += _attr(nlwire.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", sec, nsec))
+    first += _attr(nlwire.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, bytes(2))
+    first += _attr(nlwire.WGPEER_A_TX_BYTES, bytes(8)) + _attr(nlwire.WGPEER_A_RX_BYTES, bytes(8))
+    first += _attr(nlwire.WGPEER_A_PROTOCOL_VERSION, struct.pack("=I", 1))
+    if endpoint is not None:
+        first += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
+    ips = [
+        _attr(
+            nlwire.NLA_F_NESTED,
+            _attr(nlwire.WGALLOWEDIP_A_FAMILY, struct.pack("=H", ip.family))
+            + _attr(nlwire.WGALLOWEDIP_A_IPADDR, ip.address)
+            + _attr(nlwire.WGALLOWEDIP_A_CIDR_MASK, bytes([ip.cidr])),
+        )
+        for ip in sorted(p.allowed_ips)
+    ]
+    nest = nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS
+    if not ips:
+        return [_attr(nlwire.NLA_F_NESTED, first)]
+    out = [_attr(nlwire.NLA_F_NESTED, first + _attr(nest, ips[0]))]
+    if len(ips) > 1:
+        out.append(_attr(nlwire.NLA_F_NESTED, head + _attr(nest, b"".join(ips[1:]))))
+    return out
+
+
+def _kernel_dump(peers: list[tuple[Peer, bytes | None, int, int]], per_message: int) -> bytes:
+    elements = [e for args in peers for e in _kernel_elements(*args)]
+    out = b""
+    for i in range(0, len(elements), per_message):
+        payload = nlwire.GENL_HDR.pack(0, 1, 0) + _attr(
+            nlwire.NLA_F_NESTED | nlwire.WGDEVICE_A_PEERS, b"".join(elements[i : i + per_message])
+        )
+        out += nlwire.NLMSG_HDR.pack(16 + len(payload), FAMILY, nlwire.NLM_F_MULTI, SEQ, 0)
+        out += payload
+    return out + nlwire.NLMSG_HDR.pack(20, nlwire.NLMSG_DONE, nlwire.NLM_F_MULTI, SEQ, 0) + bytes(4)
+
+
+handshake_sec = st.one_of(
+    st.sampled_from([0, int(NOW) - 500, int(NOW)]), st.integers(-(2**63), 2**63 - 1)
+)
+kernel_dump = st.builds(
+    _kernel_dump,
+    st.lists(
+        st.tuples(
+            peer,
+            st.sampled_from([None, None, SIN, SIN6, bytes(16), b"\x02"]),
+            handshake_sec,
+            st.integers(0, 10**9),
+        ),
+        max_size=5,
+        unique_by=lambda t: t[0].public_key,
+    ),
+    st.integers(1, 4),
+)
 activity_dump = st.builds(
     _activity_dump,
     st.lists(
@@ -247,6 +307,7 @@ wireguard_bytes = st.one_of(
     mutated(tlv_dump),
     mutated(device_dump),
     mutated(activity_dump),
+    mutated(kernel_dump),
     mutated(st.builds(lambda a, b: a + b, error_answer, device_dump)),
     st.binary(max_size=300),
 )
@@ -364,7 +425,7 @@ def test_activity_and_scrub_decoders(data: bytes) -> None:
             ):
                 return
     for a in activity.peers.values():
-        assert len(a.public_key) == KEY_LEN and isinstance(a.has_endpoint, bool)
+        assert len(a.public_key) == KEY_LEN and a.has_endpoint is True
         assert a.handshake_age is None or isinstance(a.handshake_age, float)
     for p in scrub.idle_peers(180.0):
         check_peer(p)
@@ -380,3 +441,72 @@ def test_link_dump(data: bytes) -> None:
     for name, c in links.items():
         assert name in ("eth0", "wg0") and isinstance(c, LinkCounters)
         assert c.ifindex > 0 and c.rx_bytes >= 0 and c.tx_bytes >= 0
+
+
+# --- the scrub read against a walk of every element ----------------------------------
+
+
+def walk_every_element(data: bytes) -> tuple[list[PeerActivity], set[bytes]]:
+    """The scrub read as it was before it skipped quiet peers: every element's attributes
+    walked, each key's first element counting. Also the keys with an endpoint anywhere."""
+    first: dict[bytes, PeerActivity] = {}
+    with_endpoint: set[bytes] = set()
+    for m in nlwire.iter_messages(data):
+        if m.seq != SEQ or m.type == nlwire.NLMSG_ERROR:
+            continue
+        if m.type == nlwire.NLMSG_DONE:
+            break
+        for t, a, b in nlwire.iter_attrs(data, m.start + nlwire.GENL_HDR.size, m.end):
+            if t != nlwire.WGDEVICE_A_PEERS:
+                continue
+            for _t, p, q in nlwire.iter_attrs(data, a, b):
+                k: bytes | None = None
+                endpoint, sec, nsec = False, 0, 0
+                for at, x, y in nlwire.iter_attrs(data, p, q):
+                    if at == nlwire.WGPEER_A_PUBLIC_KEY:
+                        if y - x != KEY_LEN:
+                            raise nlwire.DecodeError("key")
+                        k = data[x:y]
+                    elif at == nlwire.WGPEER_A_ENDPOINT:
+                        endpoint = y - x >= 2 and any(data[x:y])
+                    elif at == nlwire.WGPEER_A_LAST_HANDSHAKE_TIME:
+                        if y - x != 16:
+                            raise nlwire.DecodeError("time")
+                        sec, nsec = struct.unpack_from("=qq", data, x)
+                if k is None:
+                    raise nlwire.DecodeError("no key")
+                if endpoint:
+                    with_endpoint.add(k)
+                first.setdefault(k, PeerActivity(k, endpoint, handshake_age(sec, nsec, NOW)))
+    return list(first.values()), with_endpoint
+
+
+@target(300)
+@given(kernel_dump, st.sampled_from([0.0, 180.0, 1e6]))
+def test_scrub_read_agrees_with_a_walk_of_every_element(data: bytes, idle_after: float) -> None:
+    """On dumps as the kernel writes them, skipping the quiet peers changes nothing."""
+    activities, _ = walk_every_element(data)
+    want = select_idle(activities, idle_after)
+    got = idle_from_dump([data], SEQ, idle_after, NOW)
+    assert [p.public_key for p in got] == want
+    decoded = nlwire.decode_device(data, seq=SEQ).peers
+    assert got == [decoded[k] for k in want], "with their whole configuration"
+    dec = ScrubDecoder(NOW, idle_after)
+    for m in nlwire.iter_messages(data):
+        if m.type == FAMILY:
+            dec.add(data, m.start, m.end)
+    assert set(dec.activity.peers) == {a.public_key for a in activities if a.has_endpoint}
+
+
+@target(300)
+@given(st.one_of(mutated(kernel_dump), mutated(device_dump)), st.sampled_from([0.0, 180.0]))
+def test_scrub_read_returns_only_peers_with_an_endpoint(data: bytes, idle_after: float) -> None:
+    got = ended_well(
+        lambda: idle_from_dump([data], SEQ, idle_after, NOW), (nlwire.DecodeError, DumpError)
+    )
+    walked = ended_well(lambda: walk_every_element(data), nlwire.DecodeError)
+    if isinstance(got, list) and not isinstance(walked, nlwire.DecodeError):
+        _, with_endpoint = walked
+        for p in got:
+            check_peer(p)
+            assert p.public_key in with_endpoint, "a peer without an endpoint would be re-added"

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from nodeagent.core.backend import BackendError
+from nodeagent.core.idle import PeerActivity, handshake_age, is_idle
 from nodeagent.core.model import KEY_LEN, AllowedIP, Device, Peer, Plan
 from nodeagent.wireguard.uapi import idle as uapi_idle
 from nodeagent.wireguard.uapi import text as uapi_text
@@ -239,6 +242,129 @@ def test_idle_from_reply(text: str, idle_after: float) -> None:
     )
     if not isinstance(result, uapi_text.UapiProtocolError):
         check_peers(result)
+
+
+# The scrub read as it was before it scanned for endpoint lines: every line read,
+# every key checked. The scan must find what this finds.
+
+
+def _line_key(value: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise uapi_text.UapiProtocolError("not hex") from None
+    if len(raw) != KEY_LEN:
+        raise uapi_text.UapiProtocolError("wrong length")
+    return raw
+
+
+def _line_spans(lines: Sequence[str], idle_after: float, now: float) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    start = 0
+    key: bytes | None = None
+    endpoint = False
+    sec = nsec = 0
+    for i, line in enumerate([*lines, "public_key="]):
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise uapi_text.UapiProtocolError("no '='")
+        if name == "public_key":
+            if key is not None and is_idle(
+                PeerActivity(key, endpoint, handshake_age(sec, nsec, now)), idle_after
+            ):
+                spans.append((start, i))
+            key, endpoint, sec, nsec, start = (_line_key(value) if value else None), False, 0, 0, i
+        elif key is None:
+            continue
+        elif name == "endpoint":
+            endpoint = bool(value)
+        elif name in ("last_handshake_time_sec", "last_handshake_time_nsec"):
+            if not (value.isascii() and value.isdigit()) or len(value) > 20:
+                raise uapi_text.UapiProtocolError("bad time")
+            if name == "last_handshake_time_sec":
+                sec = int(value)
+            else:
+                nsec = int(value)
+    return spans
+
+
+def line_reader_idle(text: str, idle_after: float, now: float) -> list[Peer]:
+    lines, code = uapi_text.split_reply(text)
+    if code:
+        raise uapi_text.UapiProtocolError("errno")
+    spans = _line_spans(lines, idle_after, now)
+    first = next((i for i, line in enumerate(lines) if line.startswith("public_key=")), len(lines))
+    uapi_text.parse_device(lines[:first])
+    if not spans:
+        return []
+    peers = uapi_text.parse_device(
+        itertools.chain.from_iterable(lines[a:b] for a, b in spans)
+    ).peers
+    keys = [_line_key(lines[a].partition("=")[2]) for a, _ in spans]
+    return [peers[k] for k in keys if k in peers]
+
+
+def _blocks_with_endpoint(text: str) -> set[str]:
+    """The hex keys of the peer blocks that hold a non-empty ``endpoint=`` line."""
+    found: set[str] = set()
+    key: str | None = None
+    for line in text.split("\n"):
+        name, _, value = line.partition("=")
+        if name == "public_key":
+            key = value
+        elif name == "endpoint" and value and key is not None:
+            found.add(key)
+    return found
+
+
+def _odd_key(text: str) -> bool:
+    """A ``public_key`` line whose value is not 64 hex digits (the scan is stricter there)."""
+    return any(
+        line.startswith("public_key=")
+        and not (len(line) == 75 and all(c in "0123456789abcdefABCDEF" for c in line[11:]))
+        for line in text.split("\n")
+    )
+
+
+@target(300)
+@given(st.one_of(get_replies(), any_reply), st.sampled_from([0.0, 180.0, 1e6]))
+def test_idle_scan_agrees_with_the_line_reader(text: str, idle_after: float) -> None:
+    """Where the old read found a value the scan finds the same (each key once); wherever
+    the scan finds a value, every peer in it has an endpoint line in its block."""
+    scan = ended_well(
+        lambda: uapi_idle.idle_from_reply(text, idle_after, NOW),
+        uapi_text.UapiProtocolError,
+        source=text,
+    )
+    ref = ended_well(lambda: line_reader_idle(text, idle_after, NOW), uapi_text.UapiProtocolError)
+    if isinstance(scan, list):
+        with_endpoint = _blocks_with_endpoint(text)
+        for p in scan:
+            assert p.public_key.hex() in {k.lower() for k in with_endpoint}
+        if isinstance(ref, list):
+            # The line reader listed a key re-added twice as often as it had blocks.
+            assert scan == list({p.public_key: p for p in ref}.values())
+            if scan:
+                event("scan and line reader agree on idle peers")
+    elif isinstance(ref, list):
+        assert _odd_key(text), "the scan refused what the line reader took"
+
+
+@target(300)
+@given(any_reply)
+def test_endpoint_blocks(text: str) -> None:
+    end = len(text)
+    first = 0 if text.startswith("public_key=") else text.find("\npublic_key=")
+    if first < 0:
+        assert list(uapi_idle.endpoint_blocks(text, 0, end)) == []
+        return
+    last = first
+    for a, b in uapi_idle.endpoint_blocks(text, first, end):
+        assert last <= a < b <= end
+        block = text[a:b]
+        assert block.startswith("public_key=") and "\nendpoint=" in block
+        assert "\npublic_key=" not in block
+        last = b
 
 
 # --- the backend and the scrub port over a scripted socket ------------------------------

@@ -78,6 +78,8 @@ _GET_CASES = [
     "errno=" + "1" * 64 + "\n\n",
 ]
 _IDLE_CASES = [
+    # The key case above, with an endpoint: a peer that could be idle is read whole.
+    "public_key=" + "00" * 31 + "  \nendpoint=192.0.2.1:51820\nerrno=0\n\n",
     # ValueError from int("²")
     _PEER + "last_handshake_time_sec=\u00b2\nerrno=0\n\n",
     _PEER + "last_handshake_time_nsec=\u00b2\nerrno=0\n\n",
@@ -101,7 +103,15 @@ def test_uapi_get_reply_refused(text: str) -> None:
     assert "1111111111111111" not in str(e.value)
 
 
-@pytest.mark.parametrize("text", _GET_CASES + _IDLE_CASES, ids=lambda v: v[:30])
+# The scrub read skips the lines of peers without an endpoint (none of them can be idle).
+_NOT_READ_BY_SCRUB = [t for t in _GET_CASES if t.startswith("public_key=")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [t for t in _GET_CASES if t not in _NOT_READ_BY_SCRUB] + _IDLE_CASES,
+    ids=lambda v: v[:30],
+)
 def test_uapi_idle_reply_refused(text: str) -> None:
     with pytest.raises(uapi_text.UapiProtocolError):
         uapi_idle.idle_from_reply(text, 180.0, 1e9)
@@ -109,6 +119,12 @@ def test_uapi_idle_reply_refused(text: str) -> None:
     with pytest.raises(BackendError) as e:
         port.idle_peers(180.0)
     assert "1111111111111111" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", _NOT_READ_BY_SCRUB, ids=lambda v: v[:30])
+def test_uapi_idle_skips_peers_without_endpoint(text: str) -> None:
+    """Not read, and so never re-added: the reconciler's read refuses such a reply."""
+    assert uapi_idle.idle_from_reply(text, 180.0, 1e9) == []
 
 
 # --- netlink dumps --------------------------------------------------------------------

@@ -12,9 +12,20 @@ from nodeagent.core.idle import PeerActivity, select_idle
 from nodeagent.core.model import AllowedIP, Peer
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.wireguard.netlink import codec as nlwire
-from nodeagent.wireguard.netlink.idle import DumpError, idle_from_dump, readd_messages
+from nodeagent.wireguard.netlink.idle import (
+    DumpError,
+    ScrubDecoder,
+    _elements_to_read,
+    idle_from_dump,
+    readd_messages,
+)
 from nodeagent.wireguard.uapi.backend import UapiBackend
-from nodeagent.wireguard.uapi.idle import UapiScrubPort, idle_from_reply, readd_lines
+from nodeagent.wireguard.uapi.idle import (
+    UapiScrubPort,
+    endpoint_blocks,
+    idle_from_reply,
+    readd_lines,
+)
 from tests.fakes import FakeBackend
 from tests.peerdata import key
 
@@ -361,3 +372,241 @@ def test_uapi_pass_reads_the_same_with_and_without_idle_peers(
     assert ops_quiet == [b"get=1"]
     assert ops_idle == [b"get=1", b"set=1"]
     assert logs_idle == logs_quiet
+
+
+# --- finding the peers with an endpoint without reading the others ------------------------
+
+
+def _reference_idle(text: str, idle_after: float, now: float) -> list[bytes]:
+    """What the scrub read must find, read line by line (as it was before the scan)."""
+    lines = text[:-2].split("\n")[:-1]
+    found: list[bytes] = []
+    blocks: list[list[str]] = []
+    for line in lines:
+        if line.startswith("public_key="):
+            blocks.append([])
+        if blocks:
+            blocks[-1].append(line)
+    for block in blocks:
+        fields = dict(line.partition("=")[::2] for line in block)
+        if not fields.get("endpoint"):
+            continue
+        sec = int(fields.get("last_handshake_time_sec", "0"))
+        nsec = int(fields.get("last_handshake_time_nsec", "0"))
+        age = None if sec == nsec == 0 else now - (sec + nsec / 1e9)
+        if age is None or age >= idle_after:
+            k = bytes.fromhex(fields["public_key"])
+            if k not in found:
+                found.append(k)
+    return found
+
+
+def _block(k: bytes, endpoint: str | None, sec: int, where: int, extra: int = 0) -> list[str]:
+    """A peer's lines as wireguard-go writes them, its endpoint line moved to ``where``."""
+    lines = [
+        f"preshared_key={bytes(32).hex()}",
+        "protocol_version=1",
+        f"last_handshake_time_sec={sec}",
+        "last_handshake_time_nsec=0",
+        "tx_bytes=1",
+        "rx_bytes=2",
+        "persistent_keepalive_interval=0",
+        *(f"allowed_ip=10.1.{extra}.{i}/32" for i in range(extra)),
+    ]
+    if endpoint is not None:
+        lines.insert(where % (len(lines) + 1), f"endpoint={endpoint}")
+    return [f"public_key={k.hex()}", *lines]
+
+
+@pytest.mark.parametrize("device_lines", [[], ["private_key=" + "22" * 32, "listen_port=51820"]])
+@pytest.mark.parametrize("where", range(10))
+def test_uapi_scan_finds_endpoints_anywhere_in_a_block(where: int, device_lines: list[str]) -> None:
+    ks = [key("scan", i) for i in range(8)]
+    old, new = int(NOW) - 500, int(NOW) - 5
+    peers = [
+        (ks[0], "192.0.2.1:1", old),  # the first peer (the reply's first line without a device)
+        (ks[1], None, old),
+        (ks[2], "[2001:db8::1]:51820", new),  # active: read, not idle
+        (ks[3], None, 0),
+        (ks[4], "192.0.2.4:4", 0),  # never a handshake
+        (ks[5], "", old),  # an empty endpoint is none
+        (ks[6], None, old),
+        (ks[7], "192.0.2.7:7", old),  # the last peer, before the errno line
+    ]
+    lines = list(device_lines)
+    for i, (k, ep, sec) in enumerate(peers):
+        lines += _block(k, ep, sec, where + i, extra=i % 3)
+    text = "\n".join([*lines, "errno=0"]) + "\n\n"
+    got = idle_from_reply(text, 180.0, NOW)
+    assert keys(got) == [ks[0], ks[4], ks[7]] == _reference_idle(text, 180.0, NOW)
+    assert got[2] == Peer(ks[7], frozenset({AllowedIP.parse("10.1.1.0/32")}))
+    assert keys(idle_from_reply(text, 1.0, NOW)) == [ks[0], ks[2], ks[4], ks[7]]
+
+
+def test_uapi_scan_blocks() -> None:
+    a = "\n".join(_block(A, "192.0.2.1:1", 5, 1))
+    b = "\n".join(_block(B, None, 5, 1))
+    c = "\n".join([*_block(C, "192.0.2.3:3", 5, 3), "endpoint=192.0.2.4:4"])  # twice
+    text = "listen_port=1\nendpoint=192.0.2.9:9\n" + "\n".join([a, b, c]) + "\nerrno=0\n\n"
+    first = text.index("\npublic_key=")
+    end = text.rindex("\nerrno=")
+    blocks = [text[x:y] for x, y in endpoint_blocks(text, first, end)]
+    assert blocks == [a, c], "each block with an endpoint once, the device's line not one"
+    assert list(endpoint_blocks(text, first, first)) == []
+
+
+def test_uapi_scan_skips_peers_without_endpoint_and_dedups() -> None:
+    bad = ["public_key=" + "zz" * 32, "last_handshake_time_sec=x", "no equals sign"]
+    idle = _block(A, "192.0.2.1:1", 0, 1)
+    text = "\n".join([*bad, *idle, *bad, *idle, "errno=0"]) + "\n\n"
+    # Neither malformed block can be idle: it has no endpoint, so it is not read.
+    assert keys(idle_from_reply(text, 180.0, NOW)) == [A], "the same key re-added once"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        ["public_key=" + "zz" * 32, "endpoint=192.0.2.1:1"],
+        ["public_key=", "endpoint=192.0.2.1:1"],
+        ["public_key=" + "11" * 31, "endpoint=192.0.2.1:1"],
+        [f"public_key={A.hex()}", "endpoint=192.0.2.1:1", "no equals sign"],
+        [f"public_key={A.hex()}", "endpoint=192.0.2.1:1", "last_handshake_time_nsec=-1"],
+        [f"public_key={A.hex()}", "endpoint=192.0.2.1:1", "", "allowed_ip=10.0.0.1/32"],
+        [f"public_key={A.hex()}", "endpoint=192.0.2.1:1", "allowed_ip=10.0.0.1/33"],
+        [f"public_key={A.hex()}", "endpoint=192.0.2.1:1", "preshared_key=12"],
+    ],
+)
+def test_uapi_scan_refuses_a_malformed_block_with_an_endpoint(block: list[str]) -> None:
+    text = "\n".join([*_block(B, None, 0, 0), *block, "errno=0"]) + "\n\n"
+    with pytest.raises(ValueError) as e:
+        idle_from_reply(text, 180.0, NOW)
+    assert "192.0.2" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "listen_port=x\nerrno=0\n\n",  # the device's lines are still read
+        "listen_port=x\n" + "\n".join(_block(A, None, 0, 0)) + "\nerrno=0\n\n",
+        "\n" + "\n".join(_block(A, None, 0, 0)) + "\nerrno=0\n\n",  # an empty first line
+        "\n".join(_block(A, None, 0, 0)) + "\nerrno=1\n\n",
+        "\n".join(_block(A, None, 0, 0)) + "\nerrno=0\n",
+        "\n".join(_block(A, None, 0, 0)) + "\n\n",
+        "errno=0",
+        "",
+    ],
+)
+def test_uapi_scan_still_checks_the_device_and_the_ending(text: str) -> None:
+    with pytest.raises(ValueError):
+        idle_from_reply(text, 180.0, NOW)
+
+
+def test_uapi_scan_of_an_empty_device() -> None:
+    assert idle_from_reply("errno=0\n\n", 180.0, NOW) == []
+    assert idle_from_reply("listen_port=1\nendpoint=192.0.2.1:1\nerrno=0\n\n", 0, NOW) == []
+
+
+# --- kernel dumps: only the peers with an endpoint are recorded ----------------------
+
+
+def _kernel_peer(p: Peer, endpoint: bytes | None, sec: int) -> list[bytes]:
+    """A peer as the kernel dumps it (tests.wgencode's layout), split in two if it has
+    more than one route: the continuation repeats only the key."""
+    stats = (
+        _attr(nlwire.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", sec, 0))
+        + _attr(nlwire.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, bytes(2))
+        + _attr(nlwire.WGPEER_A_TX_BYTES, bytes(8))
+        + _attr(nlwire.WGPEER_A_RX_BYTES, bytes(8))
+        + _attr(nlwire.WGPEER_A_PROTOCOL_VERSION, struct.pack("=I", 1))
+    )
+    head = _attr(nlwire.WGPEER_A_PUBLIC_KEY, p.public_key)
+    first = head + _attr(nlwire.WGPEER_A_PRESHARED_KEY, p.preshared_key or bytes(32)) + stats
+    if endpoint is not None:
+        first += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
+    ips = [_allowed(ip) for ip in sorted(p.allowed_ips)]
+    nest = nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS
+    out = [_attr(nlwire.NLA_F_NESTED, first + _attr(nest, ips[0]))]
+    if len(ips) > 1:
+        out.append(_attr(nlwire.NLA_F_NESTED, head + _attr(nest, b"".join(ips[1:]))))
+    return out
+
+
+def _messages(elements: list[list[bytes]], seq: int = 7) -> list[bytes]:
+    """One message per list of peer elements, then NLMSG_DONE."""
+    out = []
+    for batch in elements:
+        payload = nlwire.GENL_HDR.pack(0, 1, 0) + _attr(
+            nlwire.NLA_F_NESTED | nlwire.WGDEVICE_A_PEERS, b"".join(batch)
+        )
+        out.append(
+            nlwire.NLMSG_HDR.pack(16 + len(payload), 30, nlwire.NLM_F_MULTI, seq, 0) + payload
+        )
+    out.append(nlwire.NLMSG_HDR.pack(20, nlwire.NLMSG_DONE, nlwire.NLM_F_MULTI, seq, 0) + bytes(4))
+    return out
+
+
+TWO = frozenset({AllowedIP.parse("10.0.0.9/32"), AllowedIP.parse("fd00::9/128")})
+
+
+def test_kernel_split_peers_keep_their_first_element() -> None:
+    pa, pb, pc = Peer(A, TWO, D), Peer(B, TWO), Peer(C, TWO)
+    a1, a2 = _kernel_peer(pa, SIN, int(NOW) - 500)  # idle, split across the messages
+    b1, b2 = _kernel_peer(pb, None, int(NOW) - 500)  # no endpoint, split
+    c1, c2 = _kernel_peer(pc, SIN6, int(NOW) - 5)  # active, split
+    # A continuation that (unlike the kernel's) carries an endpoint is not a first element.
+    b2_with_endpoint = _attr(nlwire.NLA_F_NESTED, b2[4:] + _attr(nlwire.WGPEER_A_ENDPOINT, SIN))
+    msgs = _messages([[a1], [a2, b1], [b2_with_endpoint, c1], [c2]])
+    got = idle_from_dump(msgs, 7, 180.0, NOW)
+    assert got == [pa], "the idle peer with both halves of its routes"
+    dec = ScrubDecoder(NOW, 180.0)
+    for data in msgs[:-1]:
+        (m,) = nlwire.iter_messages(data)
+        dec.add(data, m.start, m.end)
+    assert set(dec.activity.peers) == {A, C}, "only peers with an endpoint are recorded"
+    assert dec.config.device().peers.keys() == {A}, "only the idle one is decoded"
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_kernel_endpoint_peer_found_among_quiet_ones(position: int) -> None:
+    quiet = [
+        Peer(key("quiet", i), frozenset({AllowedIP.parse(f"10.2.0.{i}/32")})) for i in range(4)
+    ]
+    elements = [e for p in quiet for e in _kernel_peer(p, None, int(NOW) - 900)]
+    idle = Peer(A, frozenset({AllowedIP.parse("10.3.0.1/32")}))
+    elements.insert(position, _kernel_peer(idle, SIN, int(NOW) - 900)[0])
+    assert idle_from_dump(_messages([elements]), 7, 180.0, NOW) == [idle]
+    nest = b"".join(elements)
+    read = list(_elements_to_read(nest, 0, len(nest)))
+    assert len(read) == 1, "the quiet peers are skipped by their shape"
+    # An all-zero endpoint is none (as before).
+    elements[position] = _kernel_peer(idle, bytes(16), int(NOW) - 900)[0]
+    assert idle_from_dump(_messages([elements]), 7, 180.0, NOW) == []
+
+
+@pytest.mark.parametrize("cut", [1, 4, 40, 135, 136, 139, 140, -1])
+def test_kernel_quiet_element_cut_or_overlong_is_refused(cut: int) -> None:
+    (element,) = _kernel_peer(Peer(B, frozenset({AllowedIP.parse("10.0.0.1/32")})), None, 0)
+    # The element claims its full length but the peers nest ends ``cut`` bytes into it.
+    body = element[:cut]
+    payload = (
+        nlwire.GENL_HDR.pack(0, 1, 0)
+        + struct.pack("=HH", 4 + len(body), nlwire.NLA_F_NESTED | nlwire.WGDEVICE_A_PEERS)
+        + body
+    )
+    msg = nlwire.NLMSG_HDR.pack(16 + len(payload), 30, nlwire.NLM_F_MULTI, 7, 0) + payload
+    done = nlwire.NLMSG_HDR.pack(20, nlwire.NLMSG_DONE, nlwire.NLM_F_MULTI, 7, 0) + bytes(4)
+    if len(body) < 4:
+        assert idle_from_dump([msg, done], 7, 180.0, NOW) == [], "padding, as iter_attrs has it"
+    else:
+        with pytest.raises(nlwire.DecodeError):
+            idle_from_dump([msg, done], 7, 180.0, NOW)
+
+
+def test_kernel_endpoint_filling_a_quiet_shaped_element_is_read() -> None:
+    """An element shaped as a quiet one whose last attribute is an endpoint, not allowed IPs."""
+    (element,) = _kernel_peer(Peer(A, frozenset({AllowedIP.parse("10.0.0.1/32")})), None, 0)
+    fixed = element[4:136]
+    body = fixed + _attr(nlwire.WGPEER_A_ENDPOINT, SIN)
+    assert idle_from_dump(_messages([[_attr(nlwire.NLA_F_NESTED, body)]]), 7, 180.0, NOW) == [
+        Peer(A)
+    ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from nodeagent.core.idle import PeerActivity, handshake_age, is_idle, select_idle
 from nodeagent.core.model import KEY_LEN, Peer, Plan
@@ -34,18 +34,62 @@ _FAST_TAIL = (
     6, nlwire.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, 12, nlwire.WGPEER_A_TX_BYTES,
     12, nlwire.WGPEER_A_RX_BYTES, 8, nlwire.WGPEER_A_PROTOCOL_VERSION,
 )  # fmt: skip
+# A whole peer element without an endpoint, as the kernel writes it: its header,
+# that first part (nothing of it unpacked but the attribute headers), and the
+# allowed IPs right after it, ending the element. Most peers of a large server.
+_QUIET = struct.Struct("=HH HH32x HH32x HH16x HH4x HH8x HH8x HH4x HH")
+_QUIET_FIXED = (*_FAST_HEAD, *_FAST_MID, *_FAST_TAIL)  # fields 2..15
+_QUIET_HEAD_LEN = 4 + _ACTIVITY_FAST.size  # up to the allowed IPs
+
+
+def _elements_to_read(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int]]:
+    """The payload bounds of each peer element in ``buf[pos:end]`` (a WGDEVICE_A_PEERS payload)
+    that may hold an endpoint: every element but those shaped as the kernel writes a
+    peer without one, which are skipped with one ``unpack_from`` each.
+
+    Bounds are checked as :func:`nlwire.iter_attrs` does (it is that walk, with
+    the quiet peers left out): an element shorter than its header or running
+    past ``end`` raises ``DecodeError``.
+    """
+    quiet, size = _QUIET.unpack_from, _QUIET.size
+    header = nlwire.NLA_HDR.unpack_from
+    allowed, mask = nlwire.WGPEER_A_ALLOWEDIPS, nlwire.NLA_TYPE_MASK
+    while pos + 4 <= end:
+        if pos + size <= end:
+            r = quiet(buf, pos)
+            n = r[0]
+            if (
+                r[2:16] == _QUIET_FIXED
+                and r[17] & mask == allowed
+                and r[16] >= 4
+                and n == _QUIET_HEAD_LEN + r[16]
+                and pos + n <= end
+            ):
+                pos += (n + 3) & ~3
+                continue
+        n = header(buf, pos)[0]
+        if n < 4 or pos + n > end:
+            raise nlwire.DecodeError("bad attribute length")
+        yield pos + 4, pos + n
+        pos += (n + 3) & ~3
 
 
 class ActivityDecoder:
-    """Accumulates the activity of each peer over the datagrams of one dump.
+    """Accumulates the activity of each peer with an endpoint over the datagrams of one dump.
+
+    Only a peer with an endpoint can be idle (``core.idle.is_idle``), and on a
+    large server few have one: the others are skipped by the shape of their
+    element (:func:`_elements_to_read`) and recorded nowhere.
 
     A peer split across messages repeats only its key and allowed IPs in the
-    continuation, so the first element of a key is the one that counts.
+    continuation, so the first element of a key is the one that counts: an
+    element without a handshake time is such a continuation and records
+    nothing, and a key already recorded keeps its first record.
     """
 
     def __init__(self, now: float) -> None:
         self._now = now
-        self.peers: dict[bytes, PeerActivity] = {}
+        self.peers: dict[bytes, PeerActivity] = {}  # peers with an endpoint only
 
     def add(self, buf: bytes, start: int, end: int) -> None:
         """Decode one reply's genl payload (``buf[start:end]``)."""
@@ -54,20 +98,21 @@ class ActivityDecoder:
             raise nlwire.DecodeError("truncated genl header")
         for atype, a, b in nlwire.iter_attrs(buf, pos, end):
             if atype == nlwire.WGDEVICE_A_PEERS:
-                for _t, p, q in nlwire.iter_attrs(buf, a, b):
+                for p, q in _elements_to_read(buf, a, b):
                     self._peer(buf, p, q)
 
     def _peer(self, buf: bytes, pos: int, end: int) -> bytes:
-        """Record one peer element's activity (the first element of a key counts); its key."""
+        """Record one peer element's activity if it is a key's first, with an endpoint; its key."""
         key: bytes | None = None
         endpoint = False
+        first = False  # a peer's first element: it has its handshake time
         sec = nsec = 0
         # Fast path: the kernel's fixed first part (keys, handshake, keepalive,
         # counters, version), then the endpoint if it has one.
         if pos + _ACTIVITY_FAST.size <= end:
             r = _ACTIVITY_FAST.unpack_from(buf, pos)
             if r[:2] == _FAST_HEAD and r[3:7] == _FAST_MID and r[9:] == _FAST_TAIL:
-                key, sec, nsec = r[2], r[7], r[8]
+                key, sec, nsec, first = r[2], r[7], r[8], True
                 pos += _ACTIVITY_FAST.size
                 if pos + 4 <= end:
                     alen, atype = nlwire.NLA_HDR.unpack_from(buf, pos)
@@ -86,20 +131,23 @@ class ActivityDecoder:
                 if b - a != _TIMESPEC.size:
                     raise nlwire.DecodeError("bad handshake time length")
                 sec, nsec = _TIMESPEC.unpack_from(buf, a)
+                first = True
         if key is None:
             raise nlwire.DecodeError("peer without public key")
-        if key not in self.peers:
+        if endpoint and first and key not in self.peers:
             self.peers[key] = PeerActivity(key, endpoint, handshake_age(sec, nsec, self._now))
         return key
 
 
 class ScrubDecoder:
-    """One dump read for each peer's activity, and for the configuration of the idle ones.
+    """One dump read for the activity of the peers with an endpoint, and for the configuration
+    of the idle ones.
 
-    Every peer's key, endpoint and handshake are read; a peer's keys and allowed
-    IPs are decoded into a ``Peer`` only if it is idle at ``idle_after`` (the
-    least that :meth:`idle_peers` may be asked for), so a pass over 100,000
-    quiet peers builds none.
+    A peer without an endpoint costs one ``unpack_from`` (:func:`_elements_to_read`);
+    the others' key, endpoint and handshake are read, and a peer's keys and
+    allowed IPs are decoded into a ``Peer`` only if it is idle at
+    ``idle_after`` (the least that :meth:`idle_peers` may be asked for), so a
+    pass over 100,000 quiet peers builds none.
     """
 
     def __init__(self, now: float, idle_after: float = 0.0) -> None:
@@ -112,11 +160,13 @@ class ScrubDecoder:
         pos = start + nlwire.GENL_HDR.size
         if pos > end:
             raise nlwire.DecodeError("truncated genl header")
-        activity, peers, config = self.activity._peer, self.activity.peers, self.config.peer
+        record, peers, config = self.activity._peer, self.activity.peers, self.config.peer
         for atype, a, b in nlwire.iter_attrs(buf, pos, end):
             if atype == nlwire.WGDEVICE_A_PEERS:
-                for _t, p, q in nlwire.iter_attrs(buf, a, b):
-                    if is_idle(peers[activity(buf, p, q)], self._idle_after):
+                for p, q in _elements_to_read(buf, a, b):
+                    # A continuation finds its peer's first record (or none).
+                    activity = peers.get(record(buf, p, q))
+                    if activity is not None and is_idle(activity, self._idle_after):
                         config(buf, p, q)
 
     def idle_peers(self, idle_after: float) -> list[Peer]:

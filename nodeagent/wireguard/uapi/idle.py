@@ -6,13 +6,16 @@ not", and dropped within one function call. The same ``get=1`` reply carries
 each peer's configuration, so one request a pass, whether or not anyone is
 idle, yields the idle peers ready to be re-added; only the idle peers'
 configuration lines are parsed (the rest is the reconciler's to read).
+
+Only a peer with an endpoint can be idle, and wireguard-go writes an
+``endpoint=`` line only for a peer that has one: the reply is searched for
+those lines at C speed, and only their peers' lines are read at all.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from nodeagent.core.backend import BackendError
@@ -21,6 +24,9 @@ from nodeagent.core.model import KEY_LEN, Peer, Plan
 from nodeagent.wireguard.uapi import text as uapi_text
 
 Clock = Callable[[], float]
+
+_PEER_LINE = "\npublic_key="
+_ENDPOINT_LINE = "\nendpoint="
 
 
 class UapiEndpoint(Protocol):
@@ -36,38 +42,77 @@ class UapiEndpoint(Protocol):
 
 
 def _key(value: str) -> bytes:
+    if len(value) != 64:
+        raise uapi_text.UapiProtocolError("reply has a key of the wrong length")
     try:
         raw = bytes.fromhex(value)
     except ValueError:
         raise uapi_text.UapiProtocolError("reply has a key that is not hex") from None
-    if len(raw) != KEY_LEN:
+    if len(raw) != KEY_LEN:  # fromhex() skips spaces: 64 characters may be fewer bytes
         raise uapi_text.UapiProtocolError("reply has a key of the wrong length")
     return raw
 
 
-def idle_spans(lines: Sequence[str], idle_after: float, now: float) -> list[tuple[int, int]]:
-    """Where each idle peer with an endpoint is in the body lines: ``lines[start:end]``.
+def body_end(text: str) -> int:
+    """Where the body of a whole reply ends (-1: no body); its ``errno`` line is checked.
 
-    Every line is read for activity, every key is checked; a peer's
-    configuration lines are left to the caller, which parses only the idle ones.
+    The body is ``text[:end]``; what follows is ``\nerrno=N\n\n``. Raises
+    ``UapiProtocolError`` for a malformed ending (as ``split_reply`` does) or
+    a non-zero errno.
     """
-    spans: list[tuple[int, int]] = []
-    start = 0
-    key: bytes | None = None
+    if not text.endswith("\n\n"):
+        raise uapi_text.UapiProtocolError("reply does not end with a blank line")
+    end = text.rfind("\n", 0, len(text) - 2)
+    # Only the last line is split off: the whole reply is never cut into lines here.
+    code = uapi_text.split_reply(text[end + 1 :])[1]
+    if code:
+        raise uapi_text.UapiProtocolError(f"get refused, errno {code}")
+    return end
+
+
+def endpoint_blocks(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``(a, b)`` of each peer block in ``text[start:end]`` that has an ``endpoint=`` line.
+
+    A block is a peer's lines, ``text[a:b]``: from its ``public_key=`` line up to
+    the next one (or ``end``). ``text[start:end]`` must begin with a
+    ``public_key=`` line, or with the newline before one. The search runs at C
+    speed (``str.find``/``rfind``); only the blocks found are ever looked at, so
+    a reply of 100,000 peers of which a few hundred have an endpoint costs a
+    scan of the text and a few hundred short slices. An ``endpoint=`` line may
+    stand anywhere in its block; a block with several is yielded once.
+    """
+    find, rfind = text.find, text.rfind
+    pos = start
+    while True:
+        hit = find(_ENDPOINT_LINE, pos, end)
+        if hit < 0:
+            return
+        # The block's public_key line: the last one before the hit. None but the
+        # block's first line can be one (the block ends at the next), and there is
+        # one before every hit at or past ``start``.
+        a = rfind(_PEER_LINE, start, hit) + 1
+        b = find(_PEER_LINE, hit, end)
+        if b < 0:
+            b = end
+        yield a, b
+        pos = b
+
+
+def _idle_key(lines: Sequence[str], idle_after: float, now: float) -> bytes | None:
+    """The key of the peer block ``lines`` if it is idle (with an endpoint), else None.
+
+    Its handshake time is read, compared and dropped here: it lives only in
+    this call's local variables.
+    """
+    key = b""
     endpoint = False
     sec = nsec = 0
-    for i, line in enumerate([*lines, "public_key="]):  # the sentinel flushes the last peer
+    for line in lines:
         name, sep, value = line.partition("=")
         if not sep:
             raise uapi_text.UapiProtocolError("reply has a line without '='")
-        if name == "public_key":
-            if key is not None and is_idle(
-                PeerActivity(key, endpoint, handshake_age(sec, nsec, now)), idle_after
-            ):
-                spans.append((start, i))
-            key, endpoint, sec, nsec, start = (_key(value) if value else None), False, 0, 0, i
-        elif key is None:
-            continue  # device-level lines
+        if name == "public_key":  # the block's first line, and only that
+            key = _key(value)
         elif name == "endpoint":
             endpoint = bool(value)
         elif name in ("last_handshake_time_sec", "last_handshake_time_nsec"):
@@ -79,28 +124,50 @@ def idle_spans(lines: Sequence[str], idle_after: float, now: float) -> list[tupl
                 sec = int(value)
             else:
                 nsec = int(value)
-    return spans
+    if is_idle(PeerActivity(key, endpoint, handshake_age(sec, nsec, now)), idle_after):
+        return key
+    return None
 
 
 def idle_from_reply(text: str, idle_after: float, now: float) -> list[Peer]:
     """The idle peers with an endpoint in a whole ``get=1`` reply, with their configuration.
 
-    The reply's errno must be 0. Every line is read for activity (and every
-    device line and key is checked); only the idle peers' lines are then parsed
-    into ``Peer`` values, so a pass over 60,000 quiet peers builds none.
+    The reply's ending (``errno`` must be 0) and the device's own lines are
+    checked as a read does. Peers are found by their ``endpoint=`` lines
+    (:func:`endpoint_blocks`): wireguard-go writes none for a peer that has
+    none, and only a peer with an endpoint can be idle. Each such block is read
+    whole for activity (its key, every line, the handshake times checked); only
+    the idle ones are parsed into ``Peer`` values, so a pass over 100,000 quiet
+    peers builds none and splits no line of theirs.
+
+    The lines of peers without an endpoint are not read at all: a malformed
+    key, handshake time or line there is not noticed by this read (the
+    reconciler's read of the same interface, ``uapi_text.parse_get_reply``,
+    refuses it). Nothing follows from them either: such a peer is never
+    returned, so never re-added.
     """
-    lines, code = uapi_text.split_reply(text)
-    if code:
-        raise uapi_text.UapiProtocolError(f"get refused, errno {code}")
-    spans = idle_spans(lines, idle_after, now)
-    first = next((i for i, line in enumerate(lines) if line.startswith("public_key=")), len(lines))
-    uapi_text.parse_device(lines[:first])  # the device's own lines, checked as a read does
-    if not spans:
+    end = body_end(text)
+    if end < 0:
+        return []  # "errno=0" alone: no device lines, no peers
+    if text.startswith(_PEER_LINE[1:]):
+        first = 0
+    else:
+        first = text.find(_PEER_LINE, 0, end)
+        if first < 0:
+            first = end
+        # The device's own lines, checked as a read does (an empty line included).
+        uapi_text.parse_device(text[:first].split("\n"))
+    idle: list[str] = []
+    keys: dict[bytes, None] = {}  # in reply order, each once
+    for a, b in endpoint_blocks(text, first, end):
+        lines = text[a:b].split("\n")
+        key = _idle_key(lines, idle_after, now)
+        if key is not None:
+            idle += lines
+            keys[key] = None
+    if not keys:
         return []
-    peers = uapi_text.parse_device(
-        itertools.chain.from_iterable(lines[a:b] for a, b in spans)
-    ).peers
-    keys = [_key(lines[a].partition("=")[2]) for a, _ in spans]
+    peers = uapi_text.parse_device(idle).peers
     return [peers[k] for k in keys if k in peers]
 
 

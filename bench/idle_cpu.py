@@ -44,11 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodeagent.core.model import Peer
+from nodeagent.core.model import Peer, format_key
 from nodeagent.lab.netns import missing_prerequisites
 from nodeagent.lab.tunnel import Lab
 from nodeagent.lab.wireguard_go import WireguardGo
-from nodeagent.wireguard.uapi.backend import exchange
+from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
 from tests.peerdata import feed_document, make_peers, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,26 +168,41 @@ def main() -> int:
                 f"new full snapshot of {args.peers} peers: VmHWM {peak / 1024:.0f} MB, "
                 f"{peak / end_rss:.2f}x the resident {end_rss / 1024:.0f} MB"
             )
-            back = repopulation_seconds(dev, on_iface, proc)
-            print(f"wireguard-go restarted: every peer back after {back:.2f} s")
+            first, back = repopulation_seconds(dev, on_iface, proc)
+            print(
+                f"wireguard-go restarted: the first peer back after {first:.2f} s, "
+                f"every peer after {back:.2f} s"
+            )
+            # The agent is stopped first: it would repopulate the fresh interface itself.
+            stop_agent(proc)
+            n_ref, ref = setconf_seconds(dev, dev.socket_path)
+            print(f"reference: wg setconf of those {n_ref} peers into a fresh one: {ref:.2f} s")
             figures = {
                 "peers": args.peers,
                 "on_interface": on_iface,
                 "idle_cpu_percent": round(cpu, 3),
                 "resident_mb": round(end_rss / 1024, 1),
                 "snapshot_peak_mb": round(peak / 1024, 1),
+                "repopulate_first_s": round(first, 2),
                 "repopulate_s": round(back, 2),
+                "setconf_s": round(ref, 2),
             }
             if args.json:
                 Path(args.json).write_text(json.dumps(figures))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_agent(proc)
     return 0
+
+
+def stop_agent(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def snapshot_peak(pid: int, feed: Path, peers: dict[bytes, Peer], name: str, sock: str) -> int:
@@ -208,19 +223,43 @@ def snapshot_peak(pid: int, feed: Path, peers: dict[bytes, Peer], name: str, soc
     raise SystemExit("the new snapshot was not applied in time")
 
 
-def repopulation_seconds(dev: WireguardGo, n: int, proc: subprocess.Popen[str]) -> float:
-    """Seconds from a restarted wireguard-go's start until it holds ``n`` peers again."""
+def repopulation_seconds(
+    dev: WireguardGo, n: int, proc: subprocess.Popen[str]
+) -> tuple[float, float]:
+    """Seconds from a restarted wireguard-go's start to its first peer back, and to all ``n``."""
     dev.stop()
     started = time.monotonic()
     dev.start()
+    first: float | None = None
     while time.monotonic() - started < 600:
         if proc.poll() is not None:
             raise SystemExit("agent exited")
         with contextlib.suppress(OSError):
-            if exchange(dev.socket_path, b"get=1\n\n").count("public_key=") >= n:
-                return time.monotonic() - started
+            count = exchange(dev.socket_path, b"get=1\n\n").count("public_key=")
+            if count and first is None:
+                first = time.monotonic() - started
+            if count >= n:
+                return first or 0.0, time.monotonic() - started
         time.sleep(0.1)
     raise SystemExit("the restarted interface was not repopulated in time")
+
+
+def setconf_seconds(dev: WireguardGo, sock: str) -> tuple[int, float]:
+    """The reference: the interface's peers, as they are now, by ``wg setconf`` into a fresh one."""
+    conf = "".join(
+        f"[Peer]\nPublicKey = {format_key(p.public_key)}\n"
+        + (f"PresharedKey = {format_key(p.preshared_key)}\n" if p.preshared_key else "")
+        + f"AllowedIPs = {', '.join(str(ip) for ip in p.allowed_ips)}\n"
+        for p in UapiBackend(dev.name, sock).read().peers.values()
+    )
+    dev.stop()
+    dev.start()
+    with tempfile.NamedTemporaryFile("w", dir="/var/tmp", suffix=".conf") as f:
+        f.write(conf)
+        f.flush()
+        started = time.monotonic()
+        subprocess.run(dev.namespace.argv(["wg", "setconf", dev.name, f.name]), check=True)
+        return conf.count("[Peer]"), time.monotonic() - started
 
 
 def wait_full(socket_path: str, n: int, proc: subprocess.Popen[str]) -> float:

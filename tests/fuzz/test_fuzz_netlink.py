@@ -1,4 +1,4 @@
-"""Fuzz target: netlink dumps (``nlwire``, ``netlink_idle``, ``load.counters.decode_dump``).
+"""Fuzz target: netlink dumps (``nlwire``, ``netlink_idle``, ``load.counters``).
 
 Inputs: random bytes, and dumps as the kernel writes them
 (``tests.wgencode.encode_device_dump``, split mid-peer; peers with endpoints and
@@ -7,11 +7,13 @@ overwritten with edge values, and cuts, insertions and splices, sent whole or
 cut into datagrams anywhere. The WireGuard decoders end in
 ``nlwire.DecodeError`` (``DumpError`` for an errno answer) or a valid value; the
 link dump parser ends in ``ValueError`` or a list of messages whose counters
-are numbers.
+are numbers, and the link reader, answered with such bytes over a scripted
+socket, in ``CounterError`` or the counters of links it asked for.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from typing import Any
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 
 from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
-from nodeagent.load.counters import LinkCounters, decode_dump, parse_links
+from nodeagent.load.counters import CounterError, LinkCounters, LinkReader, decode_dump, parse_links
 from nodeagent.wireguard.netlink import codec as nlwire
 from nodeagent.wireguard.netlink.idle import (
     ActivityDecoder,
@@ -510,3 +512,39 @@ def test_scrub_read_returns_only_peers_with_an_endpoint(data: bytes, idle_after:
         for p in got:
             check_peer(p)
             assert p.public_key in with_endpoint, "a peer without an endpoint would be re-added"
+
+
+# --- the link reader over a scripted socket -----------------------------------------------
+
+link_answer = st.one_of(
+    mutated(link_dump),
+    st.builds(
+        lambda code: struct.pack("=IHHIIi", 20, 2, 0, 1, 0, -code),
+        st.sampled_from([errno.ENODEV, errno.ENODEV, errno.EPERM, 0, -5, 2**31 - 1]),
+    ),
+    st.binary(max_size=100),
+)
+
+
+@target(200)
+@given(st.lists(link_answer, min_size=1, max_size=3), st.sampled_from(["eth0", "wg0", "x y"]))
+def test_link_reader(answers: list[bytes], name: str) -> None:
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.settimeout(0.01)  # an answer that never comes
+    reader = LinkReader()
+    reader._open = lambda: ours  # type: ignore[method-assign]
+    try:
+        for a in answers:
+            kernel.send(a)
+        got = ended_well(lambda: reader.read([name]), CounterError)
+        if not isinstance(got, CounterError):
+            assert set(got) <= {name}
+            for c in got.values():
+                assert isinstance(c, LinkCounters) and c.ifindex > 0
+                assert 0 <= c.rx_bytes < 2**64 and 0 <= c.tx_bytes < 2**64
+        else:
+            assert reader._sock is None and ours.fileno() == -1, "a failed socket is dropped"
+    finally:
+        reader.close()
+        ours.close()
+        kernel.close()

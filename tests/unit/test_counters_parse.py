@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.load.counters import LinkCounters, decode_dump, link_speed_bps, parse_links
+from nodeagent.load.counters import (
+    LinkCounters,
+    LinkMessage,
+    decode_dump,
+    getlink_request,
+    link_speed_bps,
+    parse_links,
+)
 
 IFLA_IFNAME = 3
 IFLA_STATS = 7
@@ -69,28 +76,48 @@ def test_truncated_dump_is_refused() -> None:
         decode_dump(newlink(2, "eth0", stats64(1, 2))[:-8])
 
 
-class Msg:
-    """A message as pyroute2 hands it over after decoding (index field, attribute lookup)."""
-
-    def __init__(self, index: int, attrs: dict[str, object]) -> None:
-        self.index = index
-        self.attrs = attrs
-
-    def __getitem__(self, key: str) -> object:
-        assert key == "index"
-        return self.index
-
-    def get_attr(self, name: str) -> object:
-        return self.attrs.get(name)
-
-
 def test_parse_decoded_messages() -> None:
     msgs = [
-        Msg(2, {"IFLA_IFNAME": "eth0", "IFLA_STATS64": {"rx_bytes": 10, "tx_bytes": 20}}),
-        Msg(0, {"IFLA_IFNAME": "eth1", "IFLA_STATS64": {"rx_bytes": 1, "tx_bytes": 1}}),
-        Msg(3, {"IFLA_IFNAME": "eth2"}),
+        LinkMessage(2, "eth0", 10, 20),
+        LinkMessage(0, "eth1", 1, 1),  # no index: skipped
+        LinkMessage(3, "eth2", None, None),  # no 64-bit stats
+        LinkMessage(4, "eth3", 5, 6),  # not asked for
     ]
     assert parse_links(msgs, {"eth0", "eth1", "eth2"}) == {"eth0": LinkCounters(2, 10, 20)}
+
+
+def test_decoded_message_fields() -> None:
+    dump = newlink(9, "wg0", stats32(1, 2), stats64(BIG, 7)) + newlink(3, "eth0") + done()
+    assert decode_dump(dump) == [LinkMessage(9, "wg0", BIG, 7), LinkMessage(3, "eth0", None, None)]
+
+
+def test_first_name_and_stats_count_and_flags_are_masked() -> None:
+    body = struct.pack("=BBHiII", 0, 0, 1, 5, 0, 0)
+    body += nla(IFLA_IFNAME | 0x8000, b"eth0\0") + nla(IFLA_IFNAME, b"eth1\0")
+    body += stats64(1, 2) + stats64(3, 4)
+    msg = struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, 2, 1, 0) + body
+    assert decode_dump(msg) == [LinkMessage(5, "eth0", 1, 2)]
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        struct.pack("=HH", 3, IFLA_IFNAME),  # shorter than its header
+        struct.pack("=HH", 40, IFLA_STATS64) + bytes(8),  # past the message's end
+    ],
+)
+def test_malformed_attribute_is_refused(attrs: bytes) -> None:
+    body = struct.pack("=BBHiII", 0, 0, 1, 5, 0, 0) + attrs
+    with pytest.raises(ValueError):
+        decode_dump(struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, 2, 1, 0) + body)
+
+
+def test_request_is_one_getlink_by_name() -> None:
+    req = getlink_request("eth0", 77)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", req)
+    assert (length, kind, flags, seq) == (len(req), 18, 1, 77)
+    assert struct.unpack_from("=BxHiII", req, 16) == (0, 0, 0, 0, 0)
+    assert req[32:] == nla(IFLA_IFNAME, b"eth0\0")
 
 
 @pytest.mark.parametrize(

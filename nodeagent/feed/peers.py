@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from nodeagent.core.model import AllowedIP, Peer, allowed_ips, parse_key
+from nodeagent.core.model import AllowedIPs, Peer, parse_key, parse_packed_ip
 from nodeagent.core.names import is_interface_name
 from nodeagent.feed.document import FeedError, parse_time
 
@@ -51,10 +51,11 @@ def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
     ips_raw = raw.get("allowed_ips", [])
     if not isinstance(ips_raw, list):
         raise FeedError(f"{where}.allowed_ips: must be a list")
-    ips: set[AllowedIP] = set()
+    # Packed straight from the text: no AllowedIP value per route (a million peers are parsed).
+    routes: list[bytes] = []
     for j, text in enumerate(ips_raw):
         try:
-            ips.add(AllowedIP.parse(text))
+            routes.append(parse_packed_ip(text))
         except ValueError as e:
             raise FeedError(f"{where}.allowed_ips[{j}]: {e}") from None
     expires: datetime | None = None
@@ -63,7 +64,8 @@ def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
             expires = parse_time(raw["expires_at"])
         except ValueError:
             raise FeedError(f"{where}.expires_at: not an RFC 3339 time with a zone") from None
-    return Peer(public_key, allowed_ips(ips), psk), expires
+    ips = AllowedIPs.from_packed(routes) if routes else AllowedIPs()
+    return Peer(public_key, ips, psk), expires
 
 
 def parse_peers(
@@ -78,7 +80,7 @@ def parse_peers(
     """
     peers: dict[bytes, Peer] = {}
     expires: dict[bytes, datetime] = {}
-    owner: dict[AllowedIP, int] = {}
+    owner: dict[bytes, int] = {}  # each route, packed: the first peer routing it
     for i in range(len(items)):
         item = items[i]
         if consume:
@@ -87,8 +89,8 @@ def parse_peers(
         peer, expiry = parse_peer(at, item)
         if peer.public_key in peers:
             raise FeedError(f"{at}.public_key: duplicate public key")
-        for ip in peer.allowed_ips:
-            first = owner.setdefault(ip, i)
+        for entry in peer.allowed_ips.entries():
+            first = owner.setdefault(entry, i)
             if first != i:
                 raise FeedError(f"{at}.allowed_ips: an allowed IP of {field}[{first}] again")
         peers[peer.public_key] = peer

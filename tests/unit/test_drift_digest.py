@@ -107,6 +107,17 @@ def test_a_repair_with_an_unchanged_digest_reads_nothing() -> None:
     assert again.basis is Basis.KNOWN and fake.digests == 1 and again.digest == digest
 
 
+def test_a_scrub_re_add_is_no_drift() -> None:
+    """Re-adding a peer (the scrubber's) changes no configuration: the digest still matches."""
+    fake, want, known, digest = settled()
+    k = next(iter(fake.peers))
+    fake.peers[k] = fake.peers.pop(k)  # removed and added again: listed last now
+    assert list(fake.peers)[-1] == k
+    reads = fake.reads
+    out = sync_interface(fake, want, NOW, known=known, digest=digest, repair_due=True)
+    assert out.basis is Basis.DIGEST and fake.reads == reads
+
+
 def _remove(fake: FakeBackend, want: DesiredInterface) -> None:
     del fake.peers[next(iter(want.peers))]
 

@@ -178,10 +178,10 @@ def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) 
         for entry in peer.allowed_ips.entries():
             new_ips[entry] = i
     if new_ips:
-        i = _first_collision(peers, upserted, new_ips)
-        if i is not None:
+        taken = _first_collision(peers, upserted, new_ips)
+        if taken is not None:
             raise FeedError(
-                f"{where}.upsert[{i}].allowed_ips: an allowed IP already routed to another peer"
+                f"{where}.upsert[{taken}].allowed_ips: an allowed IP already routed to another peer"
             )
     for peer, expiry in change.upsert:
         peers[peer.public_key] = peer

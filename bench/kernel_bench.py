@@ -289,6 +289,9 @@ def rows(peers: int, sweep: bool) -> dict[str, float]:
             table.append(("read", f"(c) read {len(got)} peers vs wg show dump", t_us, t_wg))
             assert got == desired2, "read-back differs"
             assert plan(desired2, got).empty
+            # What a due drift repair reads when nothing drifted: the configuration digest.
+            t_us = timed(lambda: b.config_digest(), "config digest")
+            table.append(("digest", f"(c') drift check of {len(got)} peers (digest)", t_us, t_wg))
 
     print(f"\n{'measure':<50} {'ours s':>9} {'wg s':>9} {'ours/wg':>8}")
     figures: dict[str, float] = {"read_peers": len(got)}

@@ -7,8 +7,11 @@ already match are never sent, so established sessions are never disturbed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from operator import attrgetter
 
 from nodeagent.core.model import Peer, PeerUpdate, Plan
+
+_BY_KEY = attrgetter("public_key")
 
 
 def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
@@ -39,8 +42,8 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
             )
     remove = [key for key in actual if key not in desired]
     # Sorted so that a plan is deterministic whatever the dict order was.
-    add.sort(key=lambda p: p.public_key)
-    update.sort(key=lambda u: u.public_key)
+    add.sort(key=_BY_KEY)  # attrgetter: no Python frame per peer (a million are added at once)
+    update.sort(key=_BY_KEY)
     remove.sort()
     return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
 

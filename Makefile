@@ -76,11 +76,11 @@ uninstall:
 
 bench: deps-netns deps-kernel
 	$(APT) wrk
-	$(PYTHON) -m tests.kernel.vm --memory 4G -- $(PYTHON) -m bench.kernel_bench
+	# The scale goals beside today's figures (kernel VM rows included; about 35 min).
+	$(PYTHON) -m bench.scale_table
 	$(PYTHON) -m bench.uapi_bench
-	$(PYTHON) -m bench.status_bench
 	$(PYTHON) -m bench.reload_bench
-	$(PYTHON) -m bench.feed_bench
+	$(PYTHON) -m bench.feed_bench --skip-propagation
 	$(PYTHON) -m bench.openvpn_bench
 	$(PYTHON) -m bench.collector_bench
 	$(PYTHON) -m bench.memory_profile --peers 100000 --trim

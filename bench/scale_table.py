@@ -1,7 +1,7 @@
 """The scale goals, each beside today's figure, from one run of the benchmarks behind them (root).
 
     python -m bench.scale_table [--peers 60000] [--kernel-peers 20000] [--million 1000000]
-                                [--skip-kernel] [--out /var/tmp/nodeagent-bench]
+                                [--skip-kernel] [--only NAMES] [--out /var/tmp/nodeagent-bench]
 
 Runs, one after another (nothing else should run on the machine meanwhile):
 
@@ -122,15 +122,22 @@ def run(name: str, argv: list[str], out: Path) -> Figures | str:
     with log.open("w") as f:
         rc = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     print(f"#   {time.monotonic() - started:.0f} s, exit {rc}, output in {log}", flush=True)
+    return earlier(name, out) or f"failed (exit {rc}, see {log})"
+
+
+def earlier(name: str, out: Path) -> Figures | None:
+    """The figures a run of benchmark ``name`` left in ``out``, if any."""
+    figures, log = out / f"{name}.json", out / f"{name}.log"
     if figures.exists():
         loaded: Figures = json.loads(figures.read_text())
         return loaded
     # Inside the kernel VM the host's files are read-only: the figures come as a line.
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("figures: {"):
-            parsed: Figures = json.loads(line.partition(" ")[2])
-            return parsed
-    return f"failed (exit {rc}, see {log})"
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("figures: {"):
+                parsed: Figures = json.loads(line.partition(" ")[2])
+                return parsed
+    return None
 
 
 def machine() -> str:
@@ -152,6 +159,12 @@ def main() -> int:
     ap.add_argument("--vm-memory", default="8G")
     ap.add_argument("--skip-kernel", action="store_true")
     ap.add_argument("--out", default="/var/tmp/nodeagent-bench")
+    ap.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="run only these (comma-separated: idle,status,feed,kernel); the table takes "
+        "the other rows from the last run's figures in --out",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +180,12 @@ def main() -> int:
                  "--million", str(args.million)]  # fmt: skip
         jobs.append(("kernel", [py, "-m", "tests.kernel.vm", "--memory", args.vm_memory, "--",
                                 *inner]))  # fmt: skip
+    only = set(args.only.split(",")) if args.only else None
     for name, argv in jobs:
-        results[name] = run(name, [*argv, "--json", str(out / f"{name}.json")], out)
+        if only is None or name in only:
+            results[name] = run(name, [*argv, "--json", str(out / f"{name}.json")], out)
+        else:
+            results[name] = earlier(name, out) or "not run (--only), no earlier figures"
 
     print(f"\n# {machine()}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {git_head()}\n")

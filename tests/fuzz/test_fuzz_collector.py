@@ -34,7 +34,7 @@ from nodeagent.load.meter import LoadReport
 from nodeagent.publish.push import signed_headers
 from nodeagent.publish.status import encode, status_document
 from tests.fuzz.harness import target
-from tests.fuzz.test_fuzz_http import exchange, raw_requests, status_codes
+from tests.fuzz.test_fuzz_http import exchange, healthz, raw_requests, status_codes
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {f"n{i}": f"secret-{i}".encode() for i in range(3)}
@@ -152,9 +152,7 @@ def test_description_covers_every_route() -> None:
 
 
 def assert_up(live: LiveCollector) -> None:
-    reply = exchange(
-        live.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=30
-    )
+    reply = healthz(live.port)
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nok\n"), reply[:200]
 
 

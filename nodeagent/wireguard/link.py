@@ -11,8 +11,6 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute
-
 from nodeagent.core.backend import BackendError, InterfaceMissing
 
 log = logging.getLogger(__name__)
@@ -44,6 +42,10 @@ def ensure_addresses_up(interface: str, addresses: Iterable[str], netns: str | N
 
     ``netns`` names the network namespace holding the link (None: this one).
     """
+    # Only an interface the agent creates comes here: pyroute2 (some 20 MB of
+    # imports) is not loaded by an agent that only manages existing interfaces.
+    from pyroute2 import IPRoute
+
     want = parse_addresses(addresses)
     try:
         ipr = IPRoute(netns=netns) if netns else IPRoute()

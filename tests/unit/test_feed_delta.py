@@ -21,7 +21,8 @@ USER = {"username": "u48151623", "password_hash": "scrypt$16384$8$1$c2FsdA==$aGF
 USER2 = {"username": "u2", "password_hash": "scrypt$16384$8$1$c2FsdA==$aGFzaA=="}
 
 
-def base() -> DesiredState:
+def base(routes: tuple[str, str] = ("10.8.0.2/32", "10.8.0.3/32")) -> DesiredState:
+    """The state the deltas apply to: K[0] and K[1] routing ``routes``, one user."""
     return parse_snapshot(
         json.dumps(
             {
@@ -30,10 +31,10 @@ def base() -> DesiredState:
                 "wireguard": {
                     "wg0": {
                         "peers": [
-                            {"public_key": K[0], "allowed_ips": ["10.8.0.2/32"]},
+                            {"public_key": K[0], "allowed_ips": [routes[0]]},
                             {
                                 "public_key": K[1],
-                                "allowed_ips": ["10.8.0.3/32"],
+                                "allowed_ips": [routes[1]],
                                 "expires_at": "2027-01-01T00:00:00Z",
                             },
                         ]
@@ -308,22 +309,7 @@ def test_deltas_of_the_reference_server_reach_its_snapshot(seed: int) -> None:
 def test_a_route_that_only_straddles_two_held_routes_is_no_collision() -> None:
     # Packed, 10.8.0.4/32 then 0.0.0.7/32 are 04 20 0a 08 00 04 | 04 20 00 00 00 07:
     # from the sixth byte on that reads 04 04 20 00 00 00, which is 32.0.0.0/4 packed.
-    held = parse_snapshot(
-        json.dumps(
-            {
-                "version": "v1",
-                "full": True,
-                "wireguard": {
-                    "wg0": {
-                        "peers": [
-                            {"public_key": K[0], "allowed_ips": ["10.8.0.4/32"]},
-                            {"public_key": K[1], "allowed_ips": ["0.0.0.7/32"]},
-                        ]
-                    }
-                },
-            }
-        )
-    )
+    held = base(routes=("10.8.0.4/32", "0.0.0.7/32"))
     straddle = delta({"wg0": {"upsert": [{"public_key": K[2], "allowed_ips": ["32.0.0.0/4"]}]}})
     new = apply_delta(held, parse_delta(straddle))
     assert len(new.wireguard["wg0"].peers) == 3

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
 from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
@@ -30,6 +31,7 @@ from nodeagent.wireguard.uapi.idle import UapiScrubPort
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 _CHUNK = 1 << 18
 MAX_PEERS = 1 << 16
 
@@ -179,25 +181,22 @@ class UapiBackend:
 
     def read(self) -> Device:
         """The device's private key, port and peers, as the daemon reports them, and its digest."""
-        reply = self._request(uapi_text.GET_REQUEST, "get")
-        try:
-            device, code = uapi_text.parse_get_reply(reply)
-        except uapi_text.UapiProtocolError as e:
-            raise BackendError(f"{self._interface}: get: {e}") from None
-        if code:
-            raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
-        return device
+        return self._get(uapi_text.parse_get_reply)
 
     def config_digest(self) -> int | None:
         """The configuration digest of one ``get=1`` reply, which is not parsed."""
+        return self._get(uapi_text.reply_digest)
+
+    def _get(self, take: Callable[[str], tuple[_T, int]]) -> _T:
+        """One ``get=1``, its reply taken by ``take`` (which returns a value and the errno)."""
         reply = self._request(uapi_text.GET_REQUEST, "get")
         try:
-            digest, code = uapi_text.reply_digest(reply)
+            value, code = take(reply)
         except uapi_text.UapiProtocolError as e:
             raise BackendError(f"{self._interface}: get: {e}") from None
         if code:
             raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
-        return digest
+        return value
 
     def _set(self, lines: list[str], op: str) -> None:
         request = uapi_text.set_request(lines)

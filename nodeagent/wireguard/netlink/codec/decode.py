@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, AllowedIPs, Device, Peer
 from nodeagent.wireguard.netlink.codec.constants import (
@@ -54,6 +55,34 @@ PEER_FAST_HDRS = (
 )  # fmt: skip
 
 
+def walk_device(
+    buf: bytes, start: int, end: int, peers_nest: Callable[[bytes, int, int], None]
+) -> tuple[bytes | None, int | None]:
+    """Walk one GET_DEVICE reply's genl payload (``buf[start:end]``).
+
+    Each WGDEVICE_A_PEERS nest goes to ``peers_nest(buf, start, end)``; the
+    private key and listen port the reply carries (the last of each) come back,
+    None where absent. Bad lengths raise ``DecodeError``.
+    """
+    pos = start + GENL_HDR.size
+    if pos > end:
+        raise DecodeError("truncated genl header")
+    key: bytes | None = None
+    port: int | None = None
+    for atype, a, b in iter_attrs(buf, pos, end, "bad device attribute length"):
+        if atype == WGDEVICE_A_PEERS:
+            peers_nest(buf, a, b)
+        elif atype == WGDEVICE_A_PRIVATE_KEY:
+            if b - a != KEY_LEN:
+                raise DecodeError("bad private key length")
+            key = buf[a:b]
+        elif atype == WGDEVICE_A_LISTEN_PORT:
+            if b - a < 2:
+                raise DecodeError("bad listen port length")
+            port = U16.unpack_from(buf, a)[0]
+    return key, port
+
+
 class DeviceDecoder:
     """Accumulates the GET_DEVICE dump replies of one interface into a ``Device``.
 
@@ -73,21 +102,11 @@ class DeviceDecoder:
 
     def add(self, buf: bytes, start: int, end: int) -> None:
         """Decode one reply's genl payload (``buf[start:end]``, after the netlink header)."""
-        pos = start + GENL_HDR.size
-        if pos > end:
-            raise DecodeError("truncated genl header")
-        for atype, a, b in iter_attrs(buf, pos, end, "bad device attribute length"):
-            if atype == WGDEVICE_A_PEERS:
-                self._peers_nest(buf, a, b)
-            elif atype == WGDEVICE_A_PRIVATE_KEY:
-                if b - a != KEY_LEN:
-                    raise DecodeError("bad private key length")
-                k = buf[a:b]
-                self.private_key = None if k == ZERO_KEY else k
-            elif atype == WGDEVICE_A_LISTEN_PORT:
-                if b - a < 2:
-                    raise DecodeError("bad listen port length")
-                self.listen_port = U16.unpack_from(buf, a)[0]
+        key, port = walk_device(buf, start, end, self._peers_nest)
+        if key is not None:
+            self.private_key = None if key == ZERO_KEY else key
+        if port is not None:
+            self.listen_port = port
 
     def _peers_nest(self, buf: bytes, pos: int, end: int) -> None:
         peer = self.peer

@@ -28,19 +28,19 @@ import struct
 from nodeagent.core.backend import DIGEST_MASK
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device
 from nodeagent.wireguard.netlink.codec.constants import (
-    GENL_HDR,
     NLA_HDR,
     NLA_TYPE_MASK,
-    U16,
-    WGDEVICE_A_LISTEN_PORT,
-    WGDEVICE_A_PEERS,
-    WGDEVICE_A_PRIVATE_KEY,
     WGPEER_A_ALLOWEDIPS,
     WGPEER_A_ENDPOINT,
     WGPEER_A_PRESHARED_KEY,
     WGPEER_A_PUBLIC_KEY,
 )
-from nodeagent.wireguard.netlink.codec.decode import PEER_FAST, PEER_FAST_HDRS, DeviceDecoder
+from nodeagent.wireguard.netlink.codec.decode import (
+    PEER_FAST,
+    PEER_FAST_HDRS,
+    DeviceDecoder,
+    walk_device,
+)
 from nodeagent.wireguard.netlink.codec.framing import DecodeError, iter_attrs
 
 # The fast path's headers only: the keys are sliced, the activity never read.
@@ -77,20 +77,11 @@ class DigestDecoder:
 
     def add(self, buf: bytes, start: int, end: int) -> None:
         """Take one reply's genl payload (``buf[start:end]``, after the netlink header)."""
-        pos = start + GENL_HDR.size
-        if pos > end:
-            raise DecodeError("truncated genl header")
-        for atype, a, b in iter_attrs(buf, pos, end, "bad device attribute length"):
-            if atype == WGDEVICE_A_PEERS:
-                self._peers_nest(buf, a, b)
-            elif atype == WGDEVICE_A_PRIVATE_KEY:
-                if b - a != KEY_LEN:
-                    raise DecodeError("bad private key length")
-                self._private_key = buf[a:b]
-            elif atype == WGDEVICE_A_LISTEN_PORT:
-                if b - a < 2:
-                    raise DecodeError("bad listen port length")
-                self._listen_port = U16.unpack_from(buf, a)[0]
+        key, port = walk_device(buf, start, end, self._peers_nest)
+        if key is not None:
+            self._private_key = key
+        if port is not None:
+            self._listen_port = port
 
     def digest(self) -> int | None:
         """The digest of the replies taken so far (call after NLMSG_DONE); None if unknown."""

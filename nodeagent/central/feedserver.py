@@ -245,7 +245,8 @@ async def _serve(args: argparse.Namespace) -> None:
     mtime = accounts.stat().st_mtime_ns
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reload.wait(), 1.0)
+            async with asyncio.timeout(1.0):
+                await reload.wait()
         with contextlib.suppress(OSError):
             now = accounts.stat().st_mtime_ns
             if now == mtime and not reload.is_set():

@@ -161,4 +161,5 @@ class OpenVPNService(TaskService):
             # A hair past the expiry: the check compares with ">".
             delay = min(delay, max((nxt - now).total_seconds(), 0.0) + 0.01)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()

@@ -34,7 +34,7 @@ from nodeagent.daemon.reconcile import (
     setup_for,
 )
 from nodeagent.daemon.service import TaskService
-from nodeagent.daemon.turns import BackendTurns, close_quietly
+from nodeagent.daemon.turns import BackendTurns, TurnsStopped, close_quietly
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.publish.metrics import AgentMetrics
 
@@ -193,8 +193,10 @@ class Reconciler(TaskService):
             if self.desired is not None:
                 retry = await self._pass(self.desired, retries)
                 self._on_pass()
+            # Not asyncio.wait_for: on 3.11 it drops a cancellation that meets the wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wakeup(retry))
+                async with asyncio.timeout(self._next_wakeup(retry)):
+                    await self._wake.wait()
 
     def _take_pending(self) -> None:
         """On the loop, between passes: what changed since the last one."""
@@ -217,6 +219,8 @@ class Reconciler(TaskService):
             for name, backend in self._interfaces.backends.items():
                 self._presence[name] = backend.presence()
             await asyncio.to_thread(self._reconcile_once, desired)
+        except TurnsStopped:
+            return None  # the agent is stopping: no failure, and no retry
         except Exception as e:
             retry = retries.failed()
             self.errors += 1
@@ -359,6 +363,8 @@ class Scrubber(TaskService):
             for name in list(self._interfaces.backends):
                 try:
                     await asyncio.to_thread(self._scrub_one, name)
+                except TurnsStopped:
+                    return  # the agent is stopping
                 except Exception as e:  # a failed pass is retried at the next interval
                     log.warning("scrub_failed interface=%s error=%s", name, type(e).__name__)
 

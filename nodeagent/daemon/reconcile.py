@@ -141,7 +141,8 @@ async def _fetch_once(config: Config) -> DesiredState:
     async with HttpFeed(config.feed) as feed:
         try:
             # The client retries forever; a one-shot command must not.
-            return await asyncio.wait_for(feed.next(None), SYNC_ONCE_TIMEOUT)
+            async with asyncio.timeout(SYNC_ONCE_TIMEOUT):
+                return await feed.next(None)
         except TimeoutError:
             raise FeedError(
                 f"no valid feed within {SYNC_ONCE_TIMEOUT:.0f}s "

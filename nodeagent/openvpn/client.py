@@ -155,7 +155,8 @@ class Connection:
             try:
                 self._writer.write(line)
                 await self._writer.drain()
-                return await asyncio.wait_for(asyncio.shield(waiting), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    return await asyncio.shield(waiting)
             except TimeoutError:
                 self.close()
                 raise ManagementError("timeout") from None

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config.agent import WireguardInterfaceConfig, load_config
-from nodeagent.core.model import Device, InterfaceSetup, Peer, Plan
+from nodeagent.core.model import DesiredState, Device, InterfaceSetup, Peer, Plan
 from nodeagent.daemon.agent import Agent
+from nodeagent.daemon.turns import TurnsStopped
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers, write_atomic
 from tests.unit.test_backend_close import SilentDaemon
@@ -283,3 +284,63 @@ def test_a_pass_waiting_for_its_turn_at_stop_never_begins_nor_strands(tmp_path: 
     except subprocess.TimeoutExpired:
         pytest.fail("the agent's process did not exit: a thread waits for a turn forever")
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+async def test_a_stop_that_meets_a_wake_up_still_ends_the_passes(tmp_path: Path) -> None:
+    """A new feed arriving in the very step the stop cancels the reconciler: the stop wins.
+
+    (``asyncio.wait_for`` on Python 3.11 returns the event instead of raising the
+    cancellation when both are ready at once: the loop went on passing and
+    retrying, and the stop waited out its timeout.)
+    """
+    feed, config = tmp_path / "feed.json", tmp_path / "config.yaml"
+    feed.write_text(feed_document(make_peers(3), "wgsa0"))
+    two_interfaces(config, feed)
+    agent = Agent(load_config(config), backend_factory=ScrubbedFake)
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: agent.state.syncs > 0)
+        reconciler = agent.reconciler
+        assert reconciler.desired is not None
+        passes = reconciler.passes
+        reconciler.offer(reconciler.desired)
+        await reconciler.stop()
+        assert reconciler.passes == passes, "a pass began after the stop"
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_pass_the_stop_turns_away_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Woken between the stop closing the turns and cancelling it: no error, count or retry."""
+    feed, config = tmp_path / "feed.json", tmp_path / "config.yaml"
+    feed.write_text(feed_document(make_peers(3), "wgsa0"))
+    two_interfaces(config, feed)
+    agent = Agent(load_config(config), backend_factory=ScrubbedFake)
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: agent.state.syncs > 0)
+        reconciler = agent.reconciler
+        assert reconciler.desired is not None
+        turned_away: list[DesiredState] = []
+        once = reconciler._reconcile_once
+
+        def recorded(desired: DesiredState) -> None:
+            try:
+                once(desired)
+            except TurnsStopped:
+                turned_away.append(desired)
+                raise
+
+        monkeypatch.setattr(reconciler, "_reconcile_once", recorded)
+        agent.interfaces.turns.stop()
+        for n in (1, 2):  # the second pass begins only once the loop took the first's end
+            reconciler.offer(reconciler.desired)
+            await until(lambda: len(turned_away) == n)  # noqa: B023 (awaited here)
+        assert reconciler.errors == 0 and not reconciler.last_pass_failed
+        assert "peer_sync failed" not in caplog.text
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 30)

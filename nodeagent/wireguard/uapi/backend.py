@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
@@ -28,11 +28,12 @@ from nodeagent.core.names import uapi_socket_path
 from nodeagent.wireguard.link import ensure_addresses_up
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.idle import UapiScrubPort
+from nodeagent.wireguard.uapi.segments import peer_segments
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_CHUNK = 1 << 18
+_CHUNK = 1 << 16  # below malloc's mmap threshold: the buffers are reused, not faulted in
 MAX_PEERS = 1 << 16
 
 #: Sends one request to a UAPI socket and returns the whole reply as text.
@@ -59,11 +60,19 @@ def exchange(socket_path: str, request: bytes, timeout: float = 60.0) -> str:
 
 def _converse(sock: socket.socket, request: bytes) -> str:
     """:func:`exchange` on a connected socket."""
+    return "".join(_reply_chunks(sock, request))
+
+
+def _reply_chunks(sock: socket.socket, request: bytes) -> Iterator[str]:
+    """Send ``request``; the reply's text as it arrives, up to the chunk with its first blank line.
+
+    A reply is ASCII: each chunk decodes alone as the whole would (a stray byte
+    becomes one U+FFFD either way), and no more than one chunk is held here.
+    """
     # The daemon stops reading at the first bad line, answers, and hangs
     # up; its errno may still be waiting to be read.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(request)
-    chunks: list[bytes] = []
     tail = b""
     while True:
         try:
@@ -72,11 +81,10 @@ def _converse(sock: socket.socket, request: bytes) -> str:
             chunk = b""
         if not chunk:
             raise ConnectionError("UAPI daemon closed the connection before replying")
-        chunks.append(chunk)
+        yield chunk.decode("ascii", errors="replace")
         if b"\n\n" in tail + chunk[:1] or b"\n\n" in chunk:
-            break
+            return
         tail = chunk[-1:]
-    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 class UapiBackend:
@@ -104,6 +112,9 @@ class UapiBackend:
         self._netns = netns
         self._timeout = timeout
         self._exchange: Exchange = exchange_fn or self._tracked_exchange
+        self._stream: Callable[[str, bytes], Iterable[str]] = (
+            self._tracked_chunks if exchange_fn is None else lambda p, r: (exchange_fn(p, r),)
+        )
         self._state = threading.Lock()  # guards the two fields below, held only briefly
         self._closed = False
         self._in_flight: set[socket.socket] = set()
@@ -128,21 +139,24 @@ class UapiBackend:
             return None
         return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
-    def exchange(self, socket_path: str, request: bytes) -> str:
-        """One request and its reply over this backend's connections (an ``Exchange``).
+    def chunks(self, socket_path: str, request: bytes) -> Iterator[str]:
+        """One request, its reply's text as it arrives, over this backend's connections.
 
         The scrub port talks to the daemon through this, so that :meth:`close`
-        reaches its connections too. Raises OSError as :func:`exchange` does,
-        and ``BackendError`` once closed.
+        reaches its connections too. Raises OSError as :func:`exchange` does
+        (while iterating), and ``BackendError`` once closed.
         """
         self._check_open("request")
         try:
-            return self._exchange(socket_path, request)
+            yield from self._stream(socket_path, request)
         except OSError:
             self._check_open("request")
             raise
 
     def _tracked_exchange(self, socket_path: str, request: bytes) -> str:
+        return "".join(self._tracked_chunks(socket_path, request))
+
+    def _tracked_chunks(self, socket_path: str, request: bytes) -> Iterator[str]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self._timeout)
             with self._state:
@@ -152,7 +166,7 @@ class UapiBackend:
                 sock.connect(socket_path)
                 # A close() that came while connecting had nothing to cut yet.
                 self._check_open("connect")
-                return _converse(sock, request)
+                yield from _reply_chunks(sock, request)
             finally:
                 with self._state:
                     self._in_flight.discard(sock)
@@ -181,17 +195,20 @@ class UapiBackend:
 
     def read(self) -> Device:
         """The device's private key, port and peers, as the daemon reports them, and its digest."""
-        return self._get(uapi_text.parse_get_reply)
+        return self._get(lambda chunks: uapi_text.parse_get_reply("".join(chunks)))
 
     def config_digest(self) -> int | None:
-        """The configuration digest of one ``get=1`` reply, which is not parsed."""
-        return self._get(uapi_text.reply_digest)
+        """The configuration digest of one ``get=1`` reply, taken as it arrives, not parsed."""
+        return self._get(lambda chunks: uapi_text.digest_segments(peer_segments(chunks)))
 
-    def _get(self, take: Callable[[str], tuple[_T, int]]) -> _T:
-        """One ``get=1``, its reply taken by ``take`` (which returns a value and the errno)."""
-        reply = self._request(uapi_text.GET_REQUEST, "get")
+    def _get(self, take: Callable[[Iterable[str]], tuple[_T, int]]) -> _T:
+        """One ``get=1``; ``take`` reads its text as it arrives (a value and the errno)."""
+        self._check_open("get")
         try:
-            value, code = take(reply)
+            value, code = take(self._stream(self.socket_path, uapi_text.GET_REQUEST))
+        except OSError as e:
+            self._check_open("get")  # cut by close(): say so, not "connection closed"
+            raise self._failure("get", e) from None
         except uapi_text.UapiProtocolError as e:
             raise BackendError(f"{self._interface}: get: {e}") from None
         if code:

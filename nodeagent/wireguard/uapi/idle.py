@@ -15,17 +15,18 @@ those lines at C speed, and only their peers' lines are read at all.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from nodeagent.core.backend import BackendError
 from nodeagent.core.idle import PeerActivity, handshake_age, is_idle
 from nodeagent.core.model import KEY_LEN, Peer, Plan
 from nodeagent.wireguard.uapi import text as uapi_text
+from nodeagent.wireguard.uapi.segments import PEER_MARK, peer_segments, with_last
 
 Clock = Callable[[], float]
 
-_PEER_LINE = "\npublic_key="
+_PEER_LINE = PEER_MARK
 _ENDPOINT_LINE = "\nendpoint="
 
 
@@ -38,7 +39,7 @@ class UapiEndpoint(Protocol):
     @property
     def socket_path(self) -> str: ...
 
-    def exchange(self, socket_path: str, request: bytes) -> str: ...
+    def chunks(self, socket_path: str, request: bytes) -> Iterator[str]: ...
 
 
 def _key(value: str) -> bytes:
@@ -130,7 +131,12 @@ def _idle_key(lines: Sequence[str], idle_after: float, now: float) -> bytes | No
 
 
 def idle_from_reply(text: str, idle_after: float, now: float) -> list[Peer]:
-    """The idle peers with an endpoint in a whole ``get=1`` reply, with their configuration.
+    """The idle peers with an endpoint in a whole ``get=1`` reply, with their configuration."""
+    return idle_from_segments((text,), idle_after, now)
+
+
+def idle_from_segments(segments: Iterable[str], idle_after: float, now: float) -> list[Peer]:
+    """:func:`idle_from_reply` of a reply given as ``segments.peer_segments`` cut it.
 
     The reply's ending (``errno`` must be 0) and the device's own lines are
     checked as a read does. Peers are found by their ``endpoint=`` lines
@@ -146,25 +152,30 @@ def idle_from_reply(text: str, idle_after: float, now: float) -> list[Peer]:
     refuses it). Nothing follows from them either: such a peer is never
     returned, so never re-added.
     """
-    end = body_end(text)
-    if end < 0:
-        return []  # "errno=0" alone: no device lines, no peers
-    if text.startswith(_PEER_LINE[1:]):
-        first = 0
-    else:
-        first = text.find(_PEER_LINE, 0, end)
-        if first < 0:
-            first = end
-        # The device's own lines, checked as a read does (an empty line included).
-        uapi_text.parse_device(text[:first].split("\n"))
     idle: list[str] = []
     keys: dict[bytes, None] = {}  # in reply order, each once
-    for a, b in endpoint_blocks(text, first, end):
-        lines = text[a:b].split("\n")
-        key = _idle_key(lines, idle_after, now)
-        if key is not None:
-            idle += lines
-            keys[key] = None
+    first = True
+    for segment, last in with_last(segments):
+        end = body_end(segment) if last else len(segment)
+        start = 0
+        if first:
+            first = False
+            if end < 0:
+                return []  # "errno=0" alone: no device lines, no peers
+            if not segment.startswith(_PEER_LINE[1:]):
+                start = segment.find(_PEER_LINE, 0, end)
+                if start < 0:
+                    start = end
+                # The device's own lines, checked as a read does (an empty line included).
+                uapi_text.parse_device(segment[:start].split("\n"))
+        for a, b in endpoint_blocks(segment, start, end):
+            lines = segment[a:b].split("\n")
+            key = _idle_key(lines, idle_after, now)
+            if key is not None:
+                idle += lines
+                keys[key] = None
+    if first:
+        body_end("")  # no text at all: refused as an empty reply is
     if not keys:
         return []
     peers = uapi_text.parse_device(idle).peers
@@ -198,29 +209,33 @@ class UapiScrubPort:
     ) -> None:
         self._backend = backend
         self._clock = clock
-        self._exchange = exchange_fn or backend.exchange  # close() reaches it
+        self._chunks: Callable[[str, bytes], Iterable[str]] = (
+            backend.chunks if exchange_fn is None else lambda p, r: (exchange_fn(p, r),)
+        )  # close() reaches the backend's connections
 
     @property
     def interface(self) -> str:
         return self._backend.interface
 
-    def _request(self, request: bytes, op: str) -> str:
-        try:
-            return self._exchange(self._backend.socket_path, request)
-        except OSError:
-            raise BackendError(f"{self.interface}: {op} failed on the UAPI socket") from None
-
     def idle_peers(self, idle_after: float) -> list[Peer]:
-        reply = self._request(uapi_text.GET_REQUEST, "scrub read")
+        """Read as the reply arrives: a peer's lines at a time, never the whole reply."""
         try:
-            return idle_from_reply(reply, idle_after, self._clock())
+            segments = peer_segments(self._chunks(self._backend.socket_path, uapi_text.GET_REQUEST))
+            return idle_from_segments(segments, idle_after, self._clock())
+        except OSError:
+            raise BackendError(f"{self.interface}: scrub read failed on the UAPI socket") from None
         except uapi_text.UapiProtocolError as e:
             raise BackendError(f"{self.interface}: scrub read: {e}") from None
 
     def readd(self, peers: Sequence[Peer]) -> None:
         if not peers:
             return
-        reply = self._request(uapi_text.set_request(readd_lines(peers)), "scrub")
+        try:
+            reply = "".join(
+                self._chunks(self._backend.socket_path, uapi_text.set_request(readd_lines(peers)))
+            )
+        except OSError:
+            raise BackendError(f"{self.interface}: scrub failed on the UAPI socket") from None
         try:
             code = uapi_text.parse_set_reply(reply)
         except uapi_text.UapiProtocolError as e:

@@ -28,6 +28,7 @@ from nodeagent.core.model import (
     Plan,
     parse_packed_ip,
 )
+from nodeagent.wireguard.uapi.segments import PEER_MARK, with_last
 
 GET_REQUEST = b"get=1\n\n"
 _ZERO_HEX = ZERO_KEY.hex()
@@ -70,28 +71,44 @@ _PEER_START = "public_key="
 
 
 def reply_digest(text: str) -> tuple[int, int]:
-    """The configuration digest of a whole ``get=1`` reply (0 if errno is set), and errno.
+    """The configuration digest of a whole ``get=1`` reply (0 if errno is set), and errno."""
+    return digest_segments((text,))
 
-    Nothing is decoded, and everything runs at C speed: the activity lines are
-    cut out with one regular expression, the rest is split where a peer
-    starts, and the ``hash()`` of each piece is summed (modulo 2**64), so the
-    order of the peers (wireguard-go lists them in Go's random map order) does
-    not matter. The first piece is the device's own lines (private key, port).
-    Any difference in a peer's lines changes the digest, also one the parser
-    would not mind, which only ever leads to a full read. The ending and the
-    errno line are checked as :func:`split_reply` checks them.
+
+def digest_segments(segments: Iterable[str]) -> tuple[int, int]:
+    """:func:`reply_digest` of a reply given as :func:`segments.peer_segments` cut it.
+
+    Nothing is decoded, and everything runs at C speed, a segment at a time:
+    the activity lines are cut out with one regular expression, the rest is
+    split where a peer starts, and the ``hash()`` of each piece is summed
+    (modulo 2**64), so the order of the peers (wireguard-go lists them in Go's
+    random map order) and where the segments were cut do not matter (a
+    segment's empty piece before its first peer counts ``hash("") == 0``).
+    The first piece is the device's own lines (private key, port). Any
+    difference in a peer's lines changes the digest, also one the parser would
+    not mind, which only ever leads to a full read. The ending and the errno
+    line are checked as :func:`split_reply` checks them.
     """
-    cut, errno = _reply_end(text)
-    if errno:
-        return 0, errno
-    parts = _VOLATILE.sub("", text).split("\n" + _PEER_START)
-    # The errno line and the blank line end the last piece (the sub leaves them be).
-    parts[-1] = parts[-1][: cut - len(text)] if cut >= 0 else ""
-    if parts[0].startswith(_PEER_START):
-        # No device lines: the first piece is a peer's, cut like the others (an
-        # absent device piece counts as hash("") == 0 would).
-        parts[0] = parts[0][len(_PEER_START) :]
-    return sum(map(hash, parts)) & DIGEST_MASK, errno
+    total = 0
+    first = True
+    for segment, last in with_last(segments):
+        if last:
+            cut, errno = _reply_end(segment)
+            if errno:
+                return 0, errno
+        parts = _VOLATILE.sub("", segment).split(PEER_MARK)
+        if last:
+            # The errno line and the blank line end the last piece (the sub leaves them be).
+            parts[-1] = parts[-1][: cut - len(segment)] if cut >= 0 else ""
+        if first and parts[0].startswith(_PEER_START):
+            # No device lines: the first piece is a peer's, cut like the others (an
+            # absent device piece counts as hash("") == 0 would).
+            parts[0] = parts[0][len(_PEER_START) :]
+        total += sum(map(hash, parts))
+        first = False
+    if first:
+        _reply_end("")  # no text at all: refused as an empty reply is
+    return total & DIGEST_MASK, 0
 
 
 def _key(value: str) -> bytes:

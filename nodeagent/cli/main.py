@@ -129,6 +129,9 @@ def _print_outcomes(outcomes: list[SyncOutcome]) -> None:
 
 def _run(config: Config) -> int:
     from nodeagent.daemon.agent import Agent
+    from nodeagent.daemon.memory import tune_malloc
+
+    tune_malloc()
 
     agent = Agent(config, configure_logging=lambda c: setup_logging(c.level, c.format))
 

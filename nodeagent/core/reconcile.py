@@ -16,6 +16,9 @@ _BY_KEY = attrgetter("public_key")
 
 def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
     """Peers to add, fields to update, and peers to remove to turn ``actual`` into ``desired``."""
+    if desired is actual:
+        # A pass with nothing new holds the feed's own mapping as the interface's state.
+        return Plan()
     add: list[Peer] = []
     update: list[PeerUpdate] = []
     get = actual.get

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,11 +45,11 @@ def big_reply() -> str:
 
 
 class OneReplyDaemon:
-    """A UAPI socket that answers every connection with ``reply`` (or its first ``cut`` bytes)."""
+    """A UAPI socket that answers every connection with ``parts``, sent apart (0.05 s between)."""
 
-    def __init__(self, path: str, reply: bytes, cut: int | None = None) -> None:
+    def __init__(self, path: str, *parts: bytes) -> None:
         self.path = path
-        self._reply = reply if cut is None else reply[:cut]
+        self._parts = parts
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(4)
@@ -63,7 +64,10 @@ class OneReplyDaemon:
                 return
             with conn:
                 conn.recv(64)
-                conn.sendall(self._reply)
+                for i, part in enumerate(self._parts):
+                    if i:
+                        time.sleep(0.05)  # read apart: the client has seen what came before
+                    conn.sendall(part)
 
     def close(self) -> None:
         self._listener.shutdown(socket.SHUT_RDWR)
@@ -94,11 +98,40 @@ def test_digest_and_scrub_read_as_the_reply_arrives(sock_dir: Path) -> None:
 
 def test_a_daemon_that_hangs_up_half_way_is_a_failed_read(sock_dir: Path) -> None:
     text = big_reply()
-    daemon = OneReplyDaemon(str(sock_dir / "wgh.sock"), text.encode(), cut=len(text) // 2)
+    daemon = OneReplyDaemon(str(sock_dir / "wgh.sock"), text[: len(text) // 2].encode())
     try:
         backend = UapiBackend("wgh", daemon.path)
         for call in (backend.config_digest, lambda: backend.idle_peers(180.0), backend.read):
             with pytest.raises(BackendError, match=r"connection closed|failed on the UAPI socket"):
                 call()
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize(
+    "split", [1, 2, 3], ids=["last newline alone", "blank line alone", "errno line apart"]
+)
+def test_the_reply_ends_at_its_blank_line_however_it_arrives(sock_dir: Path, split: int) -> None:
+    text = big_reply()
+    cut = len(text) - (1, 2, len("errno=0\n\n"))[split - 1]
+    daemon = OneReplyDaemon(str(sock_dir / "wge.sock"), text[:cut].encode(), text[cut:].encode())
+    try:
+        assert UapiBackend("wge", daemon.path, timeout=5).config_digest() == uapi_text.reply_digest(text)[0]
+    finally:
+        daemon.close()
+
+
+def test_a_blank_line_inside_a_reply_ends_no_read_early_and_is_refused(sock_dir: Path) -> None:
+    """Read to the end, not cut at the blank line: the read refuses it, the digest differs."""
+    text = big_reply()
+    middle = text.index("\npublic_key=", len(text) // 2)
+    broken = text[:middle] + "\n" + text[middle:]
+    daemon = OneReplyDaemon(str(sock_dir / "wgb.sock"), broken.encode())
+    try:
+        backend = UapiBackend("wgb", daemon.path, timeout=10)
+        with pytest.raises(BackendError, match="get: "):
+            backend.read()
+        # Never the clean reply's digest: a drift check reads back, and that read refuses it.
+        assert backend.config_digest() != uapi_text.reply_digest(text)[0]
     finally:
         daemon.close()

@@ -116,7 +116,8 @@ def test_the_reply_ends_at_its_blank_line_however_it_arrives(sock_dir: Path, spl
     cut = len(text) - (1, 2, len("errno=0\n\n"))[split - 1]
     daemon = OneReplyDaemon(str(sock_dir / "wge.sock"), text[:cut].encode(), text[cut:].encode())
     try:
-        assert UapiBackend("wge", daemon.path, timeout=5).config_digest() == uapi_text.reply_digest(text)[0]
+        backend = UapiBackend("wge", daemon.path, timeout=5)
+        assert backend.config_digest() == uapi_text.reply_digest(text)[0]
     finally:
         daemon.close()
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import struct
 
-from nodeagent.core.model import ZERO_KEY, Device
+from nodeagent.core.model import ZERO_KEY, AllowedIP, Device
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
+    NLA_F_NESTED,
     NLA_HDR,
     NLM_F_DUMP_INTR,
     NLM_F_MULTI,
@@ -21,6 +22,9 @@ from nodeagent.wireguard.netlink.codec.constants import (
     U16,
     WG_CMD_GET_DEVICE,
     WG_GENL_VERSION,
+    WGALLOWEDIP_A_CIDR_MASK,
+    WGALLOWEDIP_A_FAMILY,
+    WGALLOWEDIP_A_IPADDR,
     WGDEVICE_A_LISTEN_PORT,
     WGDEVICE_A_PRIVATE_KEY,
     WGPEER_A_LAST_HANDSHAKE_TIME,
@@ -48,6 +52,16 @@ KERNEL_STATS = (
     + NLA_HDR.pack(12, WGPEER_A_RX_BYTES) + bytes(8)
     + NLA_HDR.pack(8, WGPEER_A_PROTOCOL_VERSION) + struct.pack("=I", 1)
 )  # fmt: skip
+
+
+def route_element(ip: AllowedIP) -> bytes:
+    """One allowed IP as an element of a peer's WGPEER_A_ALLOWEDIPS nest (family, address, mask)."""
+    return attr(
+        NLA_F_NESTED,
+        attr(WGALLOWEDIP_A_FAMILY, U16.pack(ip.family))
+        + attr(WGALLOWEDIP_A_IPADDR, ip.address)
+        + attr(WGALLOWEDIP_A_CIDR_MASK, bytes([ip.cidr])),
+    )
 
 
 def encode_device_dump(

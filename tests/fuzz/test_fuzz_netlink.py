@@ -33,7 +33,7 @@ from nodeagent.wireguard.netlink.idle import (
 )
 from tests.fuzz.harness import ended_well, target
 from tests.peerdata import key
-from tests.wgencode import encode_device_dump
+from tests.wgencode import encode_device_dump, route_element
 
 FAMILY = 30
 SEQ = 7
@@ -87,19 +87,9 @@ def _active_peer(p: Peer, endpoint: bytes | None, sec: int, nsec: int) -> bytes:
     if endpoint is not None:
         body += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
     body += _attr(nlwire.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", sec, nsec))
-    ips = b"".join(_route_element(ip) for ip in sorted(p.allowed_ips))
+    ips = b"".join(route_element(ip) for ip in sorted(p.allowed_ips))
     body += _attr(nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS, ips)
     return _attr(nlwire.NLA_F_NESTED, body)
-
-
-def _route_element(ip: AllowedIP) -> bytes:
-    """One allowed IP as a nest element (family, address, prefix length)."""
-    return _attr(
-        nlwire.NLA_F_NESTED,
-        _attr(nlwire.WGALLOWEDIP_A_FAMILY, struct.pack("=H", ip.family))
-        + _attr(nlwire.WGALLOWEDIP_A_IPADDR, ip.address)
-        + _attr(nlwire.WGALLOWEDIP_A_CIDR_MASK, bytes([ip.cidr])),
-    )
 
 
 def _activity_dump(peers: list[tuple[Peer, bytes | None, int, int]], flags: int) -> bytes:
@@ -124,7 +114,7 @@ def _kernel_elements(p: Peer, endpoint: bytes | None, sec: int, nsec: int) -> li
     first += _attr(nlwire.WGPEER_A_PROTOCOL_VERSION, struct.pack("=I", 1))
     if endpoint is not None:
         first += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
-    ips = [_route_element(ip) for ip in sorted(p.allowed_ips)]
+    ips = [route_element(ip) for ip in sorted(p.allowed_ips)]
     nest = nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS
     if not ips:
         return [_attr(nlwire.NLA_F_NESTED, first)]

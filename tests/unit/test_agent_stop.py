@@ -9,12 +9,13 @@ nor hand a closed one to the next pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,22 @@ def test_a_pass_waiting_for_its_turn_at_stop_never_begins_nor_strands(tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@contextlib.asynccontextmanager
+async def synced_agent(tmp: Path) -> AsyncIterator[Agent]:
+    """An agent on two fake interfaces, after its first pass; stopped on the way out."""
+    feed, config = tmp / "feed.json", tmp / "config.yaml"
+    feed.write_text(feed_document(make_peers(3), "wgsa0"))
+    two_interfaces(config, feed)
+    agent = Agent(load_config(config), backend_factory=ScrubbedFake)
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: agent.state.syncs > 0)
+        yield agent
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
 async def test_a_stop_that_meets_a_wake_up_still_ends_the_passes(tmp_path: Path) -> None:
     """A new feed arriving in the very step the stop cancels the reconciler: the stop wins.
 
@@ -293,35 +310,20 @@ async def test_a_stop_that_meets_a_wake_up_still_ends_the_passes(tmp_path: Path)
     cancellation when both are ready at once: the loop went on passing and
     retrying, and the stop waited out its timeout.)
     """
-    feed, config = tmp_path / "feed.json", tmp_path / "config.yaml"
-    feed.write_text(feed_document(make_peers(3), "wgsa0"))
-    two_interfaces(config, feed)
-    agent = Agent(load_config(config), backend_factory=ScrubbedFake)
-    task = asyncio.create_task(agent.run())
-    try:
-        await until(lambda: agent.state.syncs > 0)
+    async with synced_agent(tmp_path) as agent:
         reconciler = agent.reconciler
         assert reconciler.desired is not None
         passes = reconciler.passes
         reconciler.offer(reconciler.desired)
         await reconciler.stop()
         assert reconciler.passes == passes, "a pass began after the stop"
-    finally:
-        agent.request_stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_a_pass_the_stop_turns_away_is_no_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Woken between the stop closing the turns and cancelling it: no error, count or retry."""
-    feed, config = tmp_path / "feed.json", tmp_path / "config.yaml"
-    feed.write_text(feed_document(make_peers(3), "wgsa0"))
-    two_interfaces(config, feed)
-    agent = Agent(load_config(config), backend_factory=ScrubbedFake)
-    task = asyncio.create_task(agent.run())
-    try:
-        await until(lambda: agent.state.syncs > 0)
+    async with synced_agent(tmp_path) as agent:
         reconciler = agent.reconciler
         assert reconciler.desired is not None
         turned_away: list[DesiredState] = []
@@ -341,6 +343,3 @@ async def test_a_pass_the_stop_turns_away_is_no_failure(
             await until(lambda: len(turned_away) == n)  # noqa: B023 (awaited here)
         assert reconciler.errors == 0 and not reconciler.last_pass_failed
         assert "peer_sync failed" not in caplog.text
-    finally:
-        agent.request_stop()
-        await asyncio.wait_for(task, 30)

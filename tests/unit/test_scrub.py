@@ -28,6 +28,7 @@ from nodeagent.wireguard.uapi.idle import (
 )
 from tests.fakes import FakeBackend
 from tests.peerdata import key
+from tests.wgencode import route_element
 
 A, B, C, D = (key("scrub", i) for i in range(4))
 NOW = 1_800_000_000.0
@@ -260,22 +261,13 @@ PA = Peer(A, frozenset({AllowedIP.parse("10.0.0.2/32"), AllowedIP.parse("fd00::2
 PB = Peer(B, frozenset({AllowedIP.parse("10.0.0.3/32")}))
 
 
-def _allowed(ip: AllowedIP) -> bytes:
-    return _attr(
-        nlwire.NLA_F_NESTED,
-        _attr(nlwire.WGALLOWEDIP_A_FAMILY, struct.pack("=H", ip.family))
-        + _attr(nlwire.WGALLOWEDIP_A_IPADDR, ip.address)
-        + _attr(nlwire.WGALLOWEDIP_A_CIDR_MASK, bytes([ip.cidr])),
-    )
-
-
 def _full_peer(p: Peer, endpoint: bytes, sec: int) -> bytes:
     """A peer as the kernel dumps it: configuration and activity in one nest."""
     body = _attr(nlwire.WGPEER_A_PUBLIC_KEY, p.public_key)
     body += _attr(nlwire.WGPEER_A_PRESHARED_KEY, p.preshared_key or bytes(32))
     body += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
     body += _attr(nlwire.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", sec, 0))
-    ips = b"".join(_allowed(ip) for ip in sorted(p.allowed_ips))
+    ips = b"".join(route_element(ip) for ip in sorted(p.allowed_ips))
     body += _attr(nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS, ips)
     return _attr(nlwire.NLA_F_NESTED, body)
 
@@ -523,7 +515,7 @@ def _kernel_peer(p: Peer, endpoint: bytes | None, sec: int) -> list[bytes]:
     first = head + _attr(nlwire.WGPEER_A_PRESHARED_KEY, p.preshared_key or bytes(32)) + stats
     if endpoint is not None:
         first += _attr(nlwire.WGPEER_A_ENDPOINT, endpoint)
-    ips = [_allowed(ip) for ip in sorted(p.allowed_ips)]
+    ips = [route_element(ip) for ip in sorted(p.allowed_ips)]
     nest = nlwire.NLA_F_NESTED | nlwire.WGPEER_A_ALLOWEDIPS
     out = [_attr(nlwire.NLA_F_NESTED, first + _attr(nest, ips[0]))]
     if len(ips) > 1:

@@ -8,12 +8,14 @@ same namespace with a file feed of ``--peers`` peers and the default intervals
 (60 s resync, 30 s scrub), plus load sampling every 1 s on the namespace's
 loopback. Once the first pass has applied every peer and the first
 drift-repair pass has read the interface back to check it (``--settle``, 75
-s), nothing happens: ``/proc/PID/stat`` utime+stime is read over ``--measure`` seconds
-(no profiler attached), then py-spy (if ``--pyspy`` > 0) samples it
-non-blocking for that many seconds and the samples are summed by function.
-Prints CPU as % of one core, VmRSS and VmHWM. The default window (125 s)
-spans two drift-repair passes and four scrub passes, so the VmRSS at its end
-is the resident memory "after two drift-repair passes".
+s), nothing happens: ``/proc/PID/stat`` utime+stime of the daemon and of its
+HTTP serving process is read over ``--measure`` seconds (no profiler
+attached), then py-spy (if ``--pyspy`` > 0) samples it non-blocking for that
+many seconds and the samples are summed by function. Prints CPU as % of one
+core, the resident memory (the daemon's VmRSS plus the private memory of its
+serving process, which shares the rest) and VmHWM. The default window (125 s)
+spans two drift-repair passes and four scrub passes, so the resident memory
+at its end is the one "after two drift-repair passes".
 
 Then, with the profiler detached:
 - the peak while taking a new full snapshot of the same size: VmHWM is reset
@@ -56,10 +58,40 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The daemon's child processes: its HTTP serving process."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    """CPU of the daemon and its serving process."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return total
+
+
+def private_kb(pid: int) -> int:
+    """Memory only this process holds (the pages it shares with the daemon not counted)."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+def served_kb(pid: int) -> int:
+    """What the daemon's serving process holds of its own."""
+    return sum(private_kb(c) for c in children(pid))
+
+
+def resident_kb(pid: int) -> int:
+    """The daemon's VmRSS plus what its serving process holds of its own."""
+    return status_kb(pid, "VmRSS") + served_kb(pid)
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -146,16 +178,17 @@ def main() -> int:
             rss: list[int] = []
             while time.monotonic() - w0 < args.measure:
                 time.sleep(1.0)
-                rss.append(status_kb(pid, "VmRSS"))
+                rss.append(resident_kb(pid))
             c1, w1 = cpu_seconds(pid), time.monotonic()
-            end_rss = status_kb(pid, "VmRSS")
+            end_rss = resident_kb(pid)
+            served = served_kb(pid)
             cpu = 100 * (c1 - c0) / (w1 - w0)
             rss.sort()
             print(
                 f"idle CPU over {w1 - w0:.0f} s: {100 * (c1 - c0) / (w1 - w0):.2f} % of a core; "
-                f"VmRSS min/median/max {rss[0] / 1024:.0f}/{rss[len(rss) // 2] / 1024:.0f}/"
-                f"{rss[-1] / 1024:.0f} MB (sampled each second), "
-                f"VmHWM {status_kb(pid, 'VmHWM') / 1024:.0f} MB"
+                f"resident min/median/max {rss[0] / 1024:.0f}/{rss[len(rss) // 2] / 1024:.0f}/"
+                f"{rss[-1] / 1024:.0f} MB (sampled each second; the serving process's own "
+                f"{served / 1024:.1f} MB included), VmHWM {status_kb(pid, 'VmHWM') / 1024:.0f} MB"
             )
             if args.pyspy > 0 and shutil.which("py-spy"):
                 raw = Path(args.out + ".txt")
@@ -222,7 +255,7 @@ def snapshot_peak(pid: int, feed: Path, peers: dict[bytes, Peer], name: str, soc
     while time.monotonic() - started < 600:
         time.sleep(0.5)
         if f"public_key={probe}" in exchange(sock, b"get=1\n\n"):
-            return status_kb(pid, "VmHWM")
+            return status_kb(pid, "VmHWM") + served_kb(pid)
     raise SystemExit("the new snapshot was not applied in time")
 
 

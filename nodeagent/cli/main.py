@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from nodeagent import __version__
 from nodeagent.cli import audit as audit_cli
 from nodeagent.cli.status import DEFAULT_URL, main_status
-from nodeagent.config.agent import Config, ConfigError, load_config
+from nodeagent.config.agent import Config, ConfigError, LogConfig, load_config
 from nodeagent.core.sync import SyncOutcome
 from nodeagent.feed.snapshot import FeedError
 from nodeagent.privacy.logs import loop_exception_handler, protect_process, redact, setup_logging
@@ -129,15 +129,25 @@ def _print_outcomes(outcomes: list[SyncOutcome]) -> None:
 
 def _run(config: Config) -> int:
     from nodeagent.daemon.agent import Agent
+    from nodeagent.daemon.httpprocess import HttpProcess
     from nodeagent.daemon.memory import tune_malloc
 
     tune_malloc()
 
-    agent = Agent(config, configure_logging=lambda c: setup_logging(c.level, c.format))
+    def configure_logging(c: LogConfig) -> None:
+        setup_logging(c.level, c.format)
+
+    # The endpoints get a process of their own (see httpprocess): forked now, while
+    # no event loop or thread exists, so that a reconcile pass never delays a request.
+    http_process = HttpProcess.fork(loop_exception_handler, configure_logging)
+    agent = Agent(config, configure_logging=configure_logging, http_process=http_process)
 
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
-        await agent.run()
+        try:
+            await agent.run()
+        finally:
+            await http_process.close()
 
     try:
         asyncio.run(run())

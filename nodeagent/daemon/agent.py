@@ -27,6 +27,7 @@ from nodeagent.config.agent import Config, ConfigError, LogConfig, load_config
 from nodeagent.core.backoff import Backoff
 from nodeagent.core.model import DesiredState
 from nodeagent.daemon.feedfollow import FeedFollower
+from nodeagent.daemon.httpprocess import HttpProcess, ProcessServer
 from nodeagent.daemon.openvpn import OpenVPNService
 from nodeagent.daemon.outputs import HttpService, PushService, SamplerService, Watchdog
 from nodeagent.daemon.peers import BACKEND_GRACE, Interfaces, Reconciler, Scrubber
@@ -80,10 +81,12 @@ class Agent:
         clock: Callable[[], datetime] = utcnow,
         configure_logging: Callable[[LogConfig], None] | None = None,
         restart_backoff: Backoff = RESTART_BACKOFF,
+        http_process: HttpProcess | None = None,
     ) -> None:
         """``configure_logging`` applies a reloaded ``log`` section (the CLI owns logging).
 
         ``restart_backoff``: how long a failed service waits for its restart.
+        ``http_process``: where the HTTP endpoints are served (None: in this process).
         """
         self.config = config
         self._notifier = notifier or Notifier()
@@ -94,6 +97,9 @@ class Agent:
         self.failed = False
         # Load, status and metrics: aggregates only, rendered from cached values.
         self.board = StatusBoard(config.node_name, __version__)
+        self._http_process = http_process
+        if http_process is not None:
+            self.board.watch(http_process.publish_status)
         self.metrics = AgentMetrics(self._mirrored)
         self.registry = self.metrics.registry
         self.sources = Sources(
@@ -133,7 +139,7 @@ class Agent:
             ),
             clock=clock,
         )
-        self._http = HttpService(self.sources, None)
+        self._http = HttpService(self.sources, None, http_process)
         self._sampler = SamplerService(
             config.load,
             on_report=self._on_load_report,
@@ -161,7 +167,7 @@ class Agent:
         )
 
     @property
-    def http(self) -> HttpServer | None:
+    def http(self) -> HttpServer | ProcessServer | None:
         return self._http.server
 
     @property
@@ -189,7 +195,7 @@ class Agent:
             # Inside the try: a failed start (an address in use) still closes what opened.
             settings = Settings.read(self.config)
             self._settings = settings
-            self._http = HttpService(self.sources, settings.http)
+            self._http = HttpService(self.sources, settings.http, self._http_process)
             self._push = PushService(
                 settings.push, lambda: self.board.body, PushState(), self._push_outcome
             )
@@ -263,6 +269,8 @@ class Agent:
         plan = plan_reload(self._settings, settings)
         if plan.log is not None and self._configure_logging is not None:
             self._configure_logging(plan.log)
+            if self._http_process is not None:
+                self._http_process.publish_log(plan.log)
         self.config, self._settings = new, settings
         self.reconciler.update(new, plan.interfaces)
         self.openvpn.update(new.openvpn)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nodeagent.config.agent import LoadConfig
+from nodeagent.daemon.httpprocess import HttpProcess, ProcessServer
 from nodeagent.daemon.sdnotify import Notifier
 from nodeagent.daemon.service import Failed, TaskService
 from nodeagent.load.meter import LoadReport
@@ -29,21 +30,38 @@ def _log_http_failed(e: OSError) -> None:
 
 
 class HttpService:
-    """Serves ``/status`` and friends (no server when the settings are None)."""
+    """Serves ``/status`` and friends (no server when the settings are None).
+
+    With a serving ``process`` the server runs there; once that process is
+    gone (the service fails, and its restart comes here), in this one.
+    """
 
     name = "http"
 
-    def __init__(self, sources: Sources, settings: HttpSettings | None) -> None:
+    def __init__(
+        self, sources: Sources, settings: HttpSettings | None, process: HttpProcess | None = None
+    ) -> None:
         self._sources = sources
         self._settings = settings
-        self.server: HttpServer | None = None
+        self._process = process
+        self._failed: Failed = lambda _: None
+        self.server: HttpServer | ProcessServer | None = None
 
     async def start(self, failed: Failed) -> None:
         """Bind every address now; ``OSError`` if one cannot be bound."""
-        if self._settings is not None:
+        self._failed = failed
+        await self._serve()
+
+    async def _serve(self) -> None:
+        if self._settings is None:
+            return
+        server: HttpServer | ProcessServer
+        if self._process is not None and not self._process.lost:
+            server = self._process.server(self._sources, self._settings, self._failed)
+        else:
             server = HttpServer(self._sources, self._settings)
-            await server.start()
-            self.server = server
+        await server.start()
+        self.server = server
 
     async def stop(self) -> None:
         server, self.server = self.server, None
@@ -63,7 +81,7 @@ class HttpService:
             return False
         if old is not None and settings is not None and old.takes(settings):
             try:
-                old.update(settings)
+                await old.update(settings)
             except OSError as e:  # a certificate that does not load
                 _log_http_failed(e)
                 return False
@@ -72,7 +90,7 @@ class HttpService:
         await self.stop()
         previous, self._settings = self._settings, settings
         try:
-            await self.start(lambda _: None)
+            await self._serve()
             return True
         except OSError as e:  # an address in use or not local, a certificate that does not load
             _log_http_failed(e)

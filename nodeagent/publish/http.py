@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,14 +38,39 @@ from nodeagent.config.secretfile import read_secret
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpServer", "HttpSettings", "Sources", "make_app", "split_host_port", "tls_context"]
+__all__ = [
+    "HttpServer",
+    "HttpSettings",
+    "Served",
+    "Sources",
+    "make_app",
+    "split_host_port",
+    "tls_context",
+]
 
 PROTECTED = frozenset({"/status", "/metrics"})
 
 
+class Served(Protocol):
+    """What the endpoints answer with; ``status_body`` returns at once, from cached state.
+
+    The probes return None when fine, else a short reason code. The agent
+    serves :class:`Sources`; its serving process asks the agent for all but
+    the status body (``nodeagent.daemon.httpprocess``).
+    """
+
+    def status_body(self) -> bytes: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def health_reason(self) -> str | None: ...
+
+    async def ready_reason(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """What the endpoints serve; every callable must return at once, from cached state.
+    """The agent's own answers; every callable must return at once, from cached state.
 
     ``health`` and ``ready`` return None when fine, else a short reason code.
     """
@@ -54,6 +79,21 @@ class Sources:
     registry: CollectorRegistry
     health: Callable[[], str | None]
     ready: Callable[[], str | None]
+
+    def status_body(self) -> bytes:
+        return self.status()
+
+    def metrics_now(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def metrics_text(self) -> bytes:
+        return self.metrics_now()
+
+    async def health_reason(self) -> str | None:
+        return self.health()
+
+    async def ready_reason(self) -> str | None:
+        return self.ready()
 
 
 def _authorized(request: web.Request, token: bytes) -> bool:
@@ -66,7 +106,7 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token)
 
 
-def make_app(sources: Sources, token: Callable[[], bytes | None] = lambda: None) -> web.Application:
+def make_app(sources: Served, token: Callable[[], bytes | None] = lambda: None) -> web.Application:
     """The application; while ``token()`` returns a token, ``/status`` and ``/metrics`` need it."""
 
     @web.middleware
@@ -84,20 +124,22 @@ def make_app(sources: Sources, token: Callable[[], bytes | None] = lambda: None)
 
     async def status(_: web.Request) -> web.Response:
         return web.Response(
-            body=sources.status(),
+            body=sources.status_body(),
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(sources.registry),
+            body=await sources.metrics_text(),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
-    def probe(check: Callable[[], str | None]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def probe(
+        check: Callable[[], Awaitable[str | None]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(_: web.Request) -> web.Response:
-            reason = check()
+            reason = await check()
             if reason is None:
                 return web.Response(text="ok\n")
             return web.Response(status=503, text=f"{reason}\n")
@@ -107,8 +149,8 @@ def make_app(sources: Sources, token: Callable[[], bytes | None] = lambda: None)
     routes = {
         "/status": status,
         "/metrics": metrics,
-        "/healthz": probe(sources.health),
-        "/readyz": probe(sources.ready),
+        "/healthz": probe(sources.health_reason),
+        "/readyz": probe(sources.ready_reason),
     }
 
     async def elsewhere(request: web.Request) -> web.Response:
@@ -175,6 +217,11 @@ class HttpSettings:
             digest = (hashlib.sha256(cert).digest(), hashlib.sha256(key).digest())
         return cls(config, token, digest)
 
+    def takes(self, new: HttpSettings) -> bool:
+        """Whether a server of these settings can take ``new`` in place: same addresses and TLS."""
+        old, cfg = self.config, new.config
+        return old.listen == cfg.listen and (old.tls is None) == (cfg.tls is None)
+
 
 class HttpServer:
     """Serves the app on every configured address; an async context manager.
@@ -184,7 +231,7 @@ class HttpServer:
     A closed server may be started again, with its current token and certificate.
     """
 
-    def __init__(self, sources: Sources, settings: HttpSettings) -> None:
+    def __init__(self, sources: Served, settings: HttpSettings) -> None:
         """Loads the certificate now (``ssl.SSLError`` if it does not match the key)."""
         self.settings = settings
         self._token = settings.token
@@ -208,17 +255,15 @@ class HttpServer:
             conn.context = self._tls
 
     @classmethod
-    def from_config(cls, config: HTTPConfig, sources: Sources) -> HttpServer:
+    def from_config(cls, config: HTTPConfig, sources: Served) -> HttpServer:
         """Reads the token and TLS files now: a bad file fails the start, not the first request."""
         return cls(sources, HttpSettings.read(config))
 
     def takes(self, settings: HttpSettings) -> bool:
         """Whether :meth:`update` can apply ``settings``: same addresses, TLS still on or off."""
-        old = self.settings.config
-        new = settings.config
-        return old.listen == new.listen and (old.tls is None) == (new.tls is None)
+        return self.settings.takes(settings)
 
-    def update(self, settings: HttpSettings) -> None:
+    async def update(self, settings: HttpSettings) -> None:
         """Take a new token and certificate without closing a listener or a connection.
 
         Only for settings this server :meth:`takes`. Raises ``OSError``

@@ -99,7 +99,13 @@ class StatusBoard:
         self._clock = clock
         self._report: LoadReport | None = None
         self._problems: tuple[str, ...] = ()
+        self._watchers: list[Callable[[bytes], None]] = []
         self.body = encode(status_document(node, agent_version, clock(), None))
+
+    def watch(self, watcher: Callable[[bytes], None]) -> None:
+        """Call ``watcher`` with the body now and with each new one."""
+        self._watchers.append(watcher)
+        watcher(self.body)
 
     @property
     def node(self) -> str:
@@ -127,4 +133,6 @@ class StatusBoard:
             self._node, self._version, self._clock(), self._report, self._problems
         )
         self.body = encode(doc)
+        for watcher in self._watchers:
+            watcher(self.body)
         return self.body

@@ -1,0 +1,227 @@
+"""The HTTP endpoints in their own process: served while the agent is busy, fresh, and lost well.
+
+Each test forks a real serving process (:meth:`HttpProcess.fork`) before it
+starts an event loop, as ``nodeagent run`` does, and talks to it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from nodeagent.config.agent import HTTPConfig, LogConfig
+from nodeagent.daemon import httpprocess
+from nodeagent.daemon.httpprocess import HttpProcess, ProcessLost, ProcessServer
+from nodeagent.daemon.outputs import HttpService
+from nodeagent.publish.http import HttpServer, HttpSettings, Sources
+from nodeagent.publish.status import StatusBoard
+
+TOKEN = b"process-token"
+
+
+class Agent:
+    """What the agent's side holds: a status board, a counter, the probes' reasons."""
+
+    def __init__(self) -> None:
+        self.board = StatusBoard("nl-ams-01", "0.1.0")
+        self.registry = CollectorRegistry()
+        self.counter = Counter("nodeagent_test_events", "events", registry=self.registry)
+        self.ready: str | None = "first_sync_pending"
+        self.sources = Sources(
+            status=lambda: self.board.body,
+            registry=self.registry,
+            health=lambda: None,
+            ready=lambda: self.ready,
+        )
+
+
+def settings(port: int = 0, token: bytes | None = None) -> HttpSettings:
+    config = HTTPConfig(listen=(f"127.0.0.1:{port}",), token_file=None, tls=None)
+    return HttpSettings(config, token, None)
+
+
+def with_process(test: Callable[[HttpProcess, Agent], Awaitable[None]]) -> None:
+    """Fork, then run ``test`` in a new event loop; the process is closed and reaped after."""
+    configured: list[LogConfig] = []
+    process = HttpProcess.fork(lambda loop, context: None, configured.append)
+    agent = Agent()
+    agent.board.watch(process.publish_status)
+
+    async def body() -> None:
+        try:
+            await test(process, agent)
+        finally:
+            await process.close()
+
+    asyncio.run(body())
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)  # closed, exited and reaped
+
+
+def get(port: int, path: str, token: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", "Bearer " + token.decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def aget(port: int, path: str, token: bytes | None = None) -> tuple[int, bytes]:
+    return await asyncio.to_thread(get, port, path, token)
+
+
+def test_status_is_served_while_the_agents_loop_is_blocked() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        got: list[tuple[int, bytes]] = []
+        client = threading.Thread(target=lambda: got.append(get(port, "/status")))
+        # The agent's loop is held (as a long pass holds the GIL): the request is
+        # answered all the same, by the other process.
+        client.start()
+        client.join(timeout=30)
+        assert got, "no answer while the agent was busy"
+        status, body = got[0]
+        assert status == 200 and body == agent.board.body
+        assert json.loads(body)["node"] == "nl-ams-01"
+
+    with_process(test)
+
+
+def test_a_new_status_body_is_served_from_then_on() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        before = agent.board.body
+        agent.board.rename("de-fra-02")
+        assert agent.board.body != before
+        for _ in range(200):
+            _, body = await aget(port, "/status")
+            if body == agent.board.body:
+                break
+            await asyncio.sleep(0.05)
+        assert json.loads(body)["node"] == "de-fra-02"
+
+    with_process(test)
+
+
+def test_metrics_and_probes_are_the_agents_answers_now() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        assert await aget(port, "/readyz") == (503, b"first_sync_pending\n")
+        agent.ready = None
+        assert await aget(port, "/readyz") == (200, b"ok\n")
+        assert await aget(port, "/healthz") == (200, b"ok\n")
+        agent.counter.inc(3)
+        status, text = await aget(port, "/metrics")
+        assert status == 200 and b"nodeagent_test_events_total 3.0" in text
+        agent.counter.inc()
+        assert b"nodeagent_test_events_total 4.0" in (await aget(port, "/metrics"))[1]
+
+    with_process(test)
+
+
+def test_health_says_unresponsive_when_the_agent_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(httpprocess, "ASK_TIMEOUT", 0.5)  # before the fork: the child's too
+
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        got: list[tuple[int, bytes]] = []
+        client = threading.Thread(target=lambda: got.extend([get(port, "/healthz")]))
+        client.start()
+        client.join(timeout=30)  # the agent's loop is held throughout
+        assert got == [(503, b"unresponsive\n")]
+        assert await aget(port, "/healthz") == (200, b"ok\n")  # and it answers again
+
+    with_process(test)
+
+
+def test_token_bind_errors_update_and_close_as_in_one_process() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = ProcessServer(process, settings(taken.getsockname()[1]))
+        with pytest.raises(OSError) as refused:
+            await busy.start()
+        assert refused.value.errno == errno.EADDRINUSE
+        taken.close()
+
+        server = process.server(agent.sources, settings(token=TOKEN), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        assert (await aget(port, "/status"))[0] == 401
+        assert (await aget(port, "/status", TOKEN))[0] == 200
+        rotated = HttpSettings(server.settings.config, b"rotated", None)
+        assert server.takes(rotated)
+        await server.update(rotated)
+        assert (await aget(port, "/status", TOKEN))[0] == 401
+        assert (await aget(port, "/status", b"rotated"))[0] == 200
+        assert (await aget(port, "/healthz"))[0] == 200  # never needs the token
+        await server.close()
+        with pytest.raises(urllib.error.URLError):
+            await aget(port, "/healthz")
+        await server.start()  # a closed server starts again
+        (again,) = server.ports
+        assert (await aget(again, "/status", b"rotated"))[0] == 200
+
+    with_process(test)
+
+
+def test_a_lost_process_fails_the_service_which_then_serves_here() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        failures: list[BaseException] = []
+        service = HttpService(agent.sources, settings(), process)
+        await service.start(failures.append)
+        assert isinstance(service.server, ProcessServer)
+        os.kill(process.pid, signal.SIGKILL)
+        for _ in range(200):
+            if failures:
+                break
+            await asyncio.sleep(0.05)
+        assert [type(f) for f in failures] == [ProcessLost]
+        assert process.lost
+        await service.stop()
+        await service.start(failures.append)  # the supervisor's restart
+        assert isinstance(service.server, HttpServer)
+        (port,) = service.server.ports
+        assert await aget(port, "/status") == (200, agent.board.body)
+        await service.stop()
+
+    with_process(test)
+
+
+def test_the_process_ignores_the_agents_signals_and_ends_with_it() -> None:
+    process = HttpProcess.fork(lambda loop, context: None, lambda config: None)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            os.kill(process.pid, sig)
+        time.sleep(0.2)
+        assert os.waitpid(process.pid, os.WNOHANG) == (0, 0)  # still there
+    finally:
+        asyncio.run(process.close())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(process.pid, os.WNOHANG)

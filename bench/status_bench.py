@@ -8,7 +8,8 @@ through its UAPI socket, with a file feed, the HTTP server on 127.0.0.1, and
 the load sampler at a 1 s interval. The feed first holds ``--peers`` peers;
 the initial load is applied before anything is measured. Measured:
 
-- CPU of the daemon at idle (no requests, no feed changes) over ``--idle`` s;
+- CPU of the daemon (with its HTTP serving process) at idle (no requests, no
+  feed changes) over ``--idle`` s;
   whatever the daemon does on its own at idle (sampler, scrubber, periodic
   read-back) counts;
 - ``wrk`` against ``/status`` with ``--connections`` concurrent connections,
@@ -222,10 +223,15 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
 
 
 def cpu_percent(pid: int, seconds: float) -> float:
-    proc = psutil.Process(pid)
-    t0 = sum(proc.cpu_times()[:2])
+    """CPU of the daemon and of its HTTP serving process, in % of one core."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children()]
+
+    def used() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    t0 = used()
     time.sleep(seconds)
-    return float(sum(proc.cpu_times()[:2]) - t0) / seconds * 100
+    return float(used() - t0) / seconds * 100
 
 
 def main() -> int:

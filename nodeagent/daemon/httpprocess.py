@@ -35,6 +35,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import math
 import os
 import pickle
 import signal
@@ -55,6 +56,8 @@ __all__ = ["ASK_TIMEOUT", "HttpProcess", "ProcessServer"]
 
 #: How long the serving process waits for the agent's answer to a probe or a scrape.
 ASK_TIMEOUT = 5.0
+#: How long the agent's stop waits for the process to exit before it kills it.
+CLOSE_TIMEOUT = 10.0
 _FRAME = struct.Struct("!I")
 _AGENTS_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -87,9 +90,9 @@ async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
     return message
 
 
-def _error(e: OSError) -> tuple[Any, ...]:
+def _error(e: Exception) -> tuple[Any, ...]:
     # The type and errno only: an exception's text quotes addresses and files.
-    return ("error", type(e).__name__, e.errno)
+    return ("error", type(e).__name__, getattr(e, "errno", None))
 
 
 # --- the agent's side -------------------------------------------------------------------
@@ -170,7 +173,7 @@ class HttpProcess:
                 raise ProcessLost("the http process is gone")
 
     async def close(self) -> None:
-        """Close our end (the process exits) and reap it."""
+        """Close our end, which ends the process, and reap it (killed after CLOSE_TIMEOUT)."""
         self._closing = True
         if self._writer is not None:
             self._writer.close()
@@ -178,11 +181,21 @@ class HttpProcess:
             self._sock.close()
         if self._listener is not None:
             await self._listener
-        await asyncio.to_thread(self._reap)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TIMEOUT
+        while not self._reaped():
+            if loop.time() > deadline:
+                log.error("http_process_stuck pid=%d action=kill", self.pid)
+                os.kill(self.pid, signal.SIGKILL)
+                deadline = math.inf
+            await asyncio.sleep(0.02)
 
-    def _reap(self) -> None:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+    def _reaped(self) -> bool:
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True  # reaped already
+        return pid != 0
 
     # -- the socket ----------------------------------------------------------------------
 
@@ -217,17 +230,20 @@ class HttpProcess:
                     self._on_lost(ProcessLost("the http process is gone"))
 
     def _answer(self, what: str) -> object:
+        """The answer to one of the process's questions: metrics text, or a probe's reason."""
         sources = self._sources
-        if sources is None:
-            return None
-        match what:
-            case "metrics":
-                return sources.metrics_now()
-            case "health":
-                return sources.health()
-            case "ready":
-                return sources.ready()
-        return None
+        try:
+            if sources is not None:
+                match what:
+                    case "metrics":
+                        return sources.metrics_now()
+                    case "health":
+                        return sources.health()
+                    case "ready":
+                        return sources.ready()
+        except Exception as e:  # a bug in a source: this request fails, the process stays
+            log.error("http_answer_failed what=%s error=%s", what, type(e).__name__)
+        return None if what == "metrics" else "internal_error"
 
 
 class ProcessServer:
@@ -330,6 +346,9 @@ class _Relay:
             while (message := await _receive(reader)) is not None:
                 self._take(message)
         finally:
+            for answer in self._asks.values():  # the agent is gone: nobody will answer
+                if not answer.done():
+                    answer.set_exception(TimeoutError())
             for task in list(self._tasks):
                 await task
             if self._server is not None:
@@ -356,7 +375,7 @@ class _Relay:
         assert self._writer is not None
         try:
             reply: tuple[Any, ...] = ("ok", await self._apply(message))
-        except OSError as e:
+        except Exception as e:  # the agent raises it as an OSError: it waits for a reply
             reply = _error(e)
         self._writer.write(_frame(reply))
 

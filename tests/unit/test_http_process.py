@@ -140,6 +140,22 @@ def test_metrics_and_probes_are_the_agents_answers_now() -> None:
     with_process(test)
 
 
+def test_a_source_that_fails_fails_that_request_only() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        def broken() -> str | None:
+            raise RuntimeError("a bug")
+
+        sources = Sources(agent.sources.status, agent.registry, broken, broken)
+        server = process.server(sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+        assert await aget(port, "/healthz") == (503, b"internal_error\n")
+        assert await aget(port, "/status") == (200, agent.board.body)
+        assert not process.lost
+
+    with_process(test)
+
+
 def test_health_says_unresponsive_when_the_agent_does_not_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -225,3 +241,16 @@ def test_the_process_ignores_the_agents_signals_and_ends_with_it() -> None:
         asyncio.run(process.close())
     with pytest.raises(ChildProcessError):
         os.waitpid(process.pid, os.WNOHANG)
+
+
+def test_a_process_that_does_not_exit_is_killed_at_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(httpprocess, "CLOSE_TIMEOUT", 0.2)
+
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        os.kill(process.pid, signal.SIGSTOP)  # it will not see its socket close
+
+    with_process(test)  # which asserts the process is gone and reaped

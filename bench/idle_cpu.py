@@ -1,9 +1,11 @@
 """The real daemon at scale on wireguard-go: idle CPU, memory, snapshot peak, recreation (root).
 
-    python bench/idle_cpu.py [--peers 60000] [--measure 125] [--pyspy 120] [--out /var/tmp/idle]
-                             [--json FILE]
+    python bench/idle_cpu.py [--peers 60000] [--interfaces 1] [--measure 125] [--pyspy 120]
+                             [--out /var/tmp/idle] [--json FILE]
 
-One wireguard-go interface in a fresh namespace; ``nodeagent run`` inside the
+One wireguard-go interface in a fresh namespace (or ``--interfaces`` of them,
+the peers split evenly: wireguard-go takes 65,536 peers, so 100,000 need two);
+``nodeagent run`` inside the
 same namespace with a file feed of ``--peers`` peers and the default intervals
 (60 s resync, 30 s scrub), plus load sampling every 1 s on the namespace's
 loopback. Once the first pass has applied every peer and the first
@@ -52,7 +54,7 @@ from nodeagent.lab.netns import missing_prerequisites
 from nodeagent.lab.tunnel import Lab
 from nodeagent.lab.wireguard_go import WireguardGo
 from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
-from tests.peerdata import feed_document, make_peers, write_atomic
+from tests.peerdata import interfaces_document, make_peers, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -132,6 +134,12 @@ def summarize(raw: Path, top: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=60_000)
+    ap.add_argument(
+        "--interfaces",
+        type=int,
+        default=1,
+        help="split the peers over this many wireguard-go interfaces (each takes 65,536)",
+    )
     ap.add_argument("--measure", type=float, default=125.0)
     ap.add_argument("--pyspy", type=float, default=120.0)
     # Past the first drift-repair pass (60 s after the first pass), which reads the
@@ -148,16 +156,24 @@ def main() -> int:
         return 1
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         ns = lab.namespace("nai")
-        dev = lab.wireguard_go(ns, "wgi")
+        devs = [lab.wireguard_go(ns, "wgi") for _ in range(args.interfaces)]
+        dev = devs[0]  # the one whose snapshot changes and which is restarted
         feed, config = Path(tmp, "feed.json"), Path(tmp, "config.yaml")
-        peers = make_peers(args.peers)
-        write_atomic(feed, feed_document(peers, dev.name, "v1"))
+        every = list(make_peers(args.peers).items())
+        split = {
+            d.name: dict(every[i :: args.interfaces]) for i, d in enumerate(devs)
+        }  # fmt: skip
+        peers = split[dev.name]
+        write_atomic(feed, interfaces_document(split, "v1"))
         config.write_text(
             "node: {name: bench-01}\n"
             "wireguard:\n  interfaces:\n"
-            f"    - name: {dev.name}\n      backend: userspace\n"
-            f"      uapi_socket: {dev.socket_path}\n"
-            f"feed: {{path: {feed}}}\n"
+            + "".join(
+                f"    - name: {d.name}\n      backend: userspace\n"
+                f"      uapi_socket: {d.socket_path}\n"
+                for d in devs
+            )
+            + f"feed: {{path: {feed}}}\n"
             "load: {interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}\n"
         )
         env = {"PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.env)}
@@ -166,11 +182,11 @@ def main() -> int:
         try:
             # The agent logs to stderr (DEVNULL here): wait on the interface instead.
             # wireguard-go takes at most 65,536 peers; the agent holds the rest back.
-            on_iface = min(args.peers, 1 << 16)
-            t_apply = wait_full(dev.socket_path, on_iface, proc)
+            on_iface = min(len(peers), 1 << 16)
+            t_apply = max(wait_full(d.socket_path, on_iface, proc) for d in devs)
             print(
-                f"first pass: {on_iface} of {args.peers} peers on the interface "
-                f"after {t_apply:.1f} s"
+                f"first pass: {on_iface} of {len(peers)} peers on each of {len(devs)} "
+                f"interface(s) after {t_apply:.1f} s"
             )
             time.sleep(args.settle)
             pid = proc.pid
@@ -199,7 +215,7 @@ def main() -> int:
                 )  # fmt: skip
                 summarize(raw, args.top)
             time.sleep(2.0)
-            peak = snapshot_peak(pid, feed, peers, dev.name, dev.socket_path)
+            peak = snapshot_peak(pid, feed, split, dev.name, dev.socket_path)
             print(
                 f"new full snapshot of {args.peers} peers: VmHWM {peak / 1024:.0f} MB, "
                 f"{peak / end_rss:.2f}x the resident {end_rss / 1024:.0f} MB"
@@ -215,6 +231,7 @@ def main() -> int:
             print(f"reference: wg setconf of those {n_ref} peers into a fresh one: {ref:.2f} s")
             figures = {
                 "peers": args.peers,
+                "interfaces": args.interfaces,
                 "on_interface": on_iface,
                 "idle_cpu_percent": round(cpu, 3),
                 "resident_mb": round(end_rss / 1024, 1),
@@ -241,15 +258,19 @@ def stop_agent(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def snapshot_peak(pid: int, feed: Path, peers: dict[bytes, Peer], name: str, sock: str) -> int:
-    """VmHWM (kB) of ``pid`` while it takes a new full snapshot with 100 peers out, 100 in."""
+def snapshot_peak(
+    pid: int, feed: Path, split: dict[str, dict[bytes, Peer]], name: str, sock: str
+) -> int:
+    """VmHWM (kB) of ``pid`` while it takes a new full snapshot with 100 peers of ``name``
+    out and 100 in (the other interfaces' peers the same)."""
+    peers = split[name]
     keys = list(peers)
     changed = {k: peers[k] for k in keys[100:]}
     fresh = make_peers(100, tag="fresh", v4_base=11, v6_base="fd00:9")
     changed.update(fresh)
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
-    write_atomic(feed, feed_document(changed, name, "v2"))
+    write_atomic(feed, interfaces_document({**split, name: changed}, "v2"))
     probe = next(iter(fresh)).hex()
     started = time.monotonic()
     while time.monotonic() - started < 600:

@@ -212,6 +212,9 @@ class DumpBackend:
     def apply(self, p: object) -> None:
         self.applied += 1
 
+    def config_digest(self) -> int | None:
+        return None  # no digest: a drift repair reads back
+
 
 def read_uapi(chunks: list[bytes]) -> Device:
     """What ``UapiBackend.read`` does with a reply received in chunks."""

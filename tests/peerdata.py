@@ -86,19 +86,30 @@ def feed_document(
     expires: dict[bytes, str] | None = None,
 ) -> str:
     """A full feed snapshot (docs/feed.md) holding ``peers`` for ``interface``."""
-    items: list[dict[str, object]] = []
-    for p in peers.values():
-        item: dict[str, object] = {
-            "public_key": format_key(p.public_key),
-            "allowed_ips": sorted(str(ip) for ip in p.allowed_ips),
-        }
-        if p.preshared_key:
-            item["preshared_key"] = format_key(p.preshared_key)
-        if expires and p.public_key in expires:
-            item["expires_at"] = expires[p.public_key]
-        items.append(item)
-    doc = {"version": version, "full": True, "wireguard": {interface: {"peers": items}}}
-    return json.dumps(doc)
+    return interfaces_document({interface: peers}, version, expires)
+
+
+def interfaces_document(
+    by_interface: dict[str, dict[bytes, Peer]],
+    version: str = "v1",
+    expires: dict[bytes, str] | None = None,
+) -> str:
+    """A full feed snapshot holding each interface's peers."""
+    wireguard: dict[str, object] = {}
+    for interface, peers in by_interface.items():
+        items: list[dict[str, object]] = []
+        for p in peers.values():
+            item: dict[str, object] = {
+                "public_key": format_key(p.public_key),
+                "allowed_ips": sorted(str(ip) for ip in p.allowed_ips),
+            }
+            if p.preshared_key:
+                item["preshared_key"] = format_key(p.preshared_key)
+            if expires and p.public_key in expires:
+                item["expires_at"] = expires[p.public_key]
+            items.append(item)
+        wireguard[interface] = {"peers": items}
+    return json.dumps({"version": version, "full": True, "wireguard": wireguard})
 
 
 def write_atomic(path: Path, text: str) -> None:

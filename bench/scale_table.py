@@ -8,7 +8,8 @@ Runs, one after another (nothing else should run on the machine meanwhile):
 - ``bench/idle_cpu.py`` on the host: the real daemon on wireguard-go with
   ``--peers`` peers (wireguard-go takes at most 65,536), default intervals;
   idle CPU and resident memory over two drift-repair passes, the peak while it
-  takes a new full snapshot, and a restarted wireguard-go repopulated;
+  takes a new full snapshot, and a restarted wireguard-go repopulated; then
+  the same with 100,000 peers over two wireguard-go interfaces (``idle100k``);
 - ``bench/status_bench.py``: ``/status`` p99 (wrk, 200 connections) while the
   daemon reconciles ``--peers`` peers over and over;
 - ``bench/feed_bench.py``: feed change to peer on the interface, p99, with
@@ -60,6 +61,12 @@ ROWS = (
         lambda f: f"{_mb(f['resident_mb'])} at {f['on_interface']:,}",
     ),
     Row(
+        "the same at 100,000 (two wireguard-go interfaces of 50,000, host)",
+        "<= 80 MB",
+        "idle100k",
+        lambda f: f"{_mb(f['resident_mb'])} at {f['peers']:,}",
+    ),
+    Row(
         "peak while taking a new full snapshot of that size",
         "<= 1.5x resident",
         "idle",
@@ -79,6 +86,12 @@ ROWS = (
         "<= 0.5 % of a core at 100k",
         "idle",
         lambda f: f"{f['idle_cpu_percent']:.2f} % at {f['on_interface']:,}",
+    ),
+    Row(
+        "the same at 100,000 (two wireguard-go interfaces of 50,000, host)",
+        "<= 0.5 % of a core",
+        "idle100k",
+        lambda f: f"{f['idle_cpu_percent']:.2f} % at {f['peers']:,}",
     ),
     Row(
         "drift-repair read / wg show dump (kernel, VM)",
@@ -162,7 +175,7 @@ def main() -> int:
     ap.add_argument(
         "--only",
         metavar="NAMES",
-        help="run only these (comma-separated: idle,status,feed,kernel); the table takes "
+        help="run only these (comma-separated: idle,idle100k,status,feed,kernel); the table takes "
         "the other rows from the last run's figures in --out",
     )
     args = ap.parse_args()
@@ -172,6 +185,10 @@ def main() -> int:
     results: dict[str, Figures | str] = {}
     jobs: list[tuple[str, list[str]]] = [
         ("idle", [py, "bench/idle_cpu.py", "--peers", str(args.peers), "--pyspy", "0"]),
+        (
+            "idle100k",
+            [py, "bench/idle_cpu.py", "--peers", "100000", "--interfaces", "2", "--pyspy", "0"],
+        ),
         ("status", [py, "bench/status_bench.py", "--peers", str(args.peers), "--idle", "5"]),
         ("feed", [py, "bench/feed_bench.py", "--base", str(args.peers), "--skip-snapshot"]),
     ]

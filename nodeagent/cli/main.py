@@ -139,7 +139,10 @@ def _run(config: Config) -> int:
 
     # The endpoints get a process of their own (see httpprocess): forked now, while
     # no event loop or thread exists, so that a reconcile pass never delays a request.
-    http_process = HttpProcess.fork(loop_exception_handler, configure_logging)
+    # Without an http section there is nothing to serve; one a reload adds is served here.
+    http_process = None
+    if config.http is not None:
+        http_process = HttpProcess.fork(loop_exception_handler, configure_logging)
     agent = Agent(config, configure_logging=configure_logging, http_process=http_process)
 
     async def run() -> None:
@@ -147,7 +150,8 @@ def _run(config: Config) -> int:
         try:
             await agent.run()
         finally:
-            await http_process.close()
+            if http_process is not None:
+                await http_process.close()
 
     try:
         asyncio.run(run())

@@ -1,30 +1,24 @@
 """The HTTP endpoints in a process of their own, forked before the agent starts.
 
-Why a process: a reconcile pass of 60,000 peers keeps a worker thread of the
-agent busy for most of a second. In one interpreter the event loop then waits
-for the GIL again after each socket call it makes (a convoy): with 200
-connections polling ``/status``, p99 reached 460 ms. The serving process never
-runs a pass, so what it waits for is a CPU, not a lock.
+A reconcile pass of 60,000 peers keeps a worker thread busy for most of a
+second; in one interpreter the event loop then waits for the GIL after each
+socket call (a convoy): with 200 connections, ``/status`` p99 was 460 ms.
+The serving process never runs a pass: it waits for a CPU, not a lock.
 
-- ``/status`` is served from the last body the agent sent; the agent sends
-  each new one as its status board renders it, so a request never waits for
-  the agent.
+- ``/status`` is served from the last body the agent sent (it sends each new
+  one as its status board renders it): a request never waits for the agent.
 - ``/metrics``, ``/healthz`` and ``/readyz`` are asked of the agent per
   request: the metrics are current, and ``/healthz`` answers for the agent's
-  own event loop (one that does not answer in :data:`ASK_TIMEOUT` is
-  ``unresponsive``).
-- The agent starts, updates and closes the one server over the same socket
-  pair (:class:`ProcessServer` has the :class:`HttpServer` interface), so a
-  reload, a bind error and a certificate that does not load behave exactly as
-  in one process.
+  loop (``unresponsive`` if it does not answer in :data:`ASK_TIMEOUT`).
+- The agent starts, updates and closes the one server by request and reply
+  (:class:`ProcessServer` has :class:`HttpServer`'s interface), so a reload, a
+  bind error or a bad certificate behave as in one process.
 
-``nodeagent run`` forks with :meth:`HttpProcess.fork` while there is neither an
-event loop nor a thread, after the imports: both processes share their pages.
-The serving process ignores SIGTERM, SIGINT and SIGHUP (they are the agent's)
-and exits when the agent's end of the socket closes, whether the agent stopped
-or died. If it dies, the agent's HTTP service fails, and the supervisor
-restarts it in the agent's own process: slower under load, never gone.
-
+``nodeagent run`` forks with :meth:`HttpProcess.fork` after the imports, while
+there is no event loop or thread: the processes share those pages. The child
+ignores SIGTERM, SIGINT and SIGHUP (the agent's) and exits when the agent's end
+of the socket closes, at its stop or its death. If the child dies, the agent's
+HTTP service fails and the supervisor's restart serves in the agent itself.
 Messages are pickled tuples with a length prefix; both ends are this program.
 """
 
@@ -181,6 +175,10 @@ class HttpProcess:
             self._sock.close()
         if self._listener is not None:
             await self._listener
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Wait for the process to exit (its socket closed); kill it after CLOSE_TIMEOUT."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_TIMEOUT
         while not self._reaped():
@@ -226,6 +224,7 @@ class HttpProcess:
             writer.close()
             if not self._closing:
                 log.error("http_process_lost pid=%d", self.pid)
+                await self._reap()  # its listeners are closed before the agent binds them
                 if self._on_lost is not None:
                     self._on_lost(ProcessLost("the http process is gone"))
 

@@ -12,12 +12,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
@@ -25,8 +29,11 @@ from nodeagent.config.agent import HTTPConfig, LogConfig
 from nodeagent.daemon import httpprocess
 from nodeagent.daemon.httpprocess import HttpProcess, ProcessLost, ProcessServer
 from nodeagent.daemon.outputs import HttpService
+from nodeagent.lab.netns import unique_name
 from nodeagent.publish.http import HttpServer, HttpSettings, Sources
 from nodeagent.publish.status import StatusBoard
+from tests.peerdata import feed_document, make_peers
+from tests.unit.test_process_output import free_port
 
 TOKEN = b"process-token"
 
@@ -254,3 +261,81 @@ def test_a_process_that_does_not_exit_is_killed_at_the_stop(
         os.kill(process.pid, signal.SIGSTOP)  # it will not see its socket close
 
     with_process(test)  # which asserts the process is gone and reaped
+
+
+def daemon_config(tmp_path: Path, http: bool) -> Path:
+    port = free_port()
+    iface = unique_name("wgp")
+    (tmp_path / "feed.json").write_text(feed_document(make_peers(3), iface))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"node: {{name: nl-test-01}}\n"
+        f"wireguard:\n  interfaces:\n    - {{name: {iface}, backend: userspace, "
+        f"uapi_socket: {tmp_path}/missing.sock}}\n"
+        f"feed: {{path: {tmp_path}/feed.json}}\n"
+        + (f'http: {{listen: ["127.0.0.1:{port}"]}}\n' if http else "")
+    )
+    return cfg
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def status_from(port: int) -> int | None:
+    try:
+        return get(port, "/status")[0]
+    except OSError:
+        return None
+
+
+def test_the_daemon_serves_from_its_child_and_from_itself_once_the_child_is_gone(
+    tmp_path: Path,
+) -> None:
+    cfg = daemon_config(tmp_path, http=True)
+    port = int(cfg.read_text().split("127.0.0.1:")[1].split('"')[0])
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            if status_from(port) == 200:
+                break
+            time.sleep(0.1)
+        (child,) = children(agent.pid)
+        listening = {c.laddr.port for c in psutil.Process(child).net_connections("tcp")}
+        assert port in listening  # the child holds the listener
+        os.kill(child, signal.SIGKILL)
+        for _ in range(300):  # the supervisor restarts the http service in the agent
+            if not children(agent.pid) and status_from(port) == 200:
+                break
+            time.sleep(0.1)
+        assert not children(agent.pid)
+        assert status_from(port) == 200
+        listening = {c.laddr.port for c in psutil.Process(agent.pid).net_connections("tcp")}
+        assert port in listening
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    assert f"http_process_lost pid={child}" in err
+
+
+def test_without_an_http_section_the_daemon_does_not_fork(tmp_path: Path) -> None:
+    cfg = daemon_config(tmp_path, http=False)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            if agent.stderr is not None and "agent started" in agent.stderr.readline():
+                break
+        assert children(agent.pid) == []
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err

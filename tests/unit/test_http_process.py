@@ -339,3 +339,26 @@ def test_without_an_http_section_the_daemon_does_not_fork(tmp_path: Path) -> Non
         agent.terminate()
         _, err = agent.communicate(timeout=30)
     assert agent.returncode == 0, err
+
+
+def test_a_reloaded_log_section_reaches_the_process(tmp_path: Path) -> None:
+    seen = tmp_path / "configured"
+
+    def configure(config: LogConfig) -> None:  # runs in the child
+        seen.write_text(f"{config.level} {config.format}")
+
+    process = HttpProcess.fork(lambda loop, context: None, configure)
+    agent = Agent()
+
+    async def test() -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        process.publish_log(LogConfig(level="debug", format="json"))
+        for _ in range(200):
+            if seen.exists():
+                break
+            await asyncio.sleep(0.05)
+        await process.close()
+
+    asyncio.run(test())
+    assert seen.read_text() == "debug json"

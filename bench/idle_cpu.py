@@ -5,18 +5,19 @@
 
 One wireguard-go interface in a fresh namespace (or ``--interfaces`` of them,
 the peers split evenly: wireguard-go takes 65,536 peers, so 100,000 need two);
-``nodeagent run`` inside the
-same namespace with a file feed of ``--peers`` peers and the default intervals
-(60 s resync, 30 s scrub), plus load sampling every 1 s on the namespace's
-loopback. Once the first pass has applied every peer and the first
-drift-repair pass has read the interface back to check it (``--settle``, 75
-s), nothing happens: ``/proc/PID/stat`` utime+stime of the daemon and of its
-HTTP serving process is read over ``--measure`` seconds (no profiler
-attached), then py-spy (if ``--pyspy`` > 0) samples it non-blocking for that
-many seconds and the samples are summed by function. Prints CPU as % of one
-core, the resident memory (the daemon's VmRSS plus the private memory of its
-serving process, which shares the rest) and VmHWM. The default window (125 s)
-spans two drift-repair passes and four scrub passes, so the resident memory
+``nodeagent run`` inside the same namespace with a file feed of ``--peers``
+peers and the default intervals (60 s resync, 30 s scrub), load sampling every
+1 s on the namespace's loopback, and the HTTP endpoints (so its serving
+process runs, as on a real server; nothing polls them). Once the first pass
+has applied every peer and the first drift-repair pass has read the interface
+back to check it (``--settle``, 75 s), nothing happens: ``/proc/PID/stat``
+utime+stime of the daemon and of its HTTP serving process is read over
+``--measure`` seconds (no profiler attached), then py-spy (if ``--pyspy`` >
+0) samples it non-blocking for that many seconds and the samples are summed
+by function. Prints CPU as % of one core, the resident memory (the daemon's
+VmRSS plus the private memory of its serving process, which shares the rest)
+and VmHWM. The default window (125 s) spans two drift-repair passes and four
+scrub passes, so the resident memory
 at its end is the one "after two drift-repair passes".
 
 Then, with the profiler detached:
@@ -175,6 +176,8 @@ def main() -> int:
             )
             + f"feed: {{path: {feed}}}\n"
             "load: {interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}\n"
+            # Served, as on a real server: the HTTP serving process is measured too.
+            "http: {listen: ['127.0.0.1:9586']}\n"
         )
         env = {"PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.env)}
         proc = ns.popen([sys.executable, "-m", "nodeagent", "run", "-c", str(config)], env=env,

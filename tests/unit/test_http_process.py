@@ -362,3 +362,43 @@ def test_a_reloaded_log_section_reaches_the_process(tmp_path: Path) -> None:
 
     asyncio.run(test())
     assert seen.read_text() == "debug json"
+
+
+def test_a_reload_moves_the_childs_listener_and_rotates_its_token(tmp_path: Path) -> None:
+    cfg = daemon_config(tmp_path, http=True)
+    old_port = int(cfg.read_text().split("127.0.0.1:")[1].split('"')[0])
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            if status_from(old_port) == 200:
+                break
+            time.sleep(0.1)
+        (child,) = children(agent.pid)
+        new_port = free_port()
+        token = tmp_path / "token"
+        token.write_text("reloaded-token\n")
+        token.chmod(0o600)
+        cfg.write_text(
+            cfg.read_text().replace(
+                f'http: {{listen: ["127.0.0.1:{old_port}"]}}',
+                f'http: {{listen: ["127.0.0.1:{new_port}"], token_file: {token}}}',
+            )
+        )
+        agent.send_signal(signal.SIGHUP)
+        for _ in range(300):
+            if status_from(new_port) == 401:
+                break
+            time.sleep(0.1)
+        assert status_from(new_port) == 401  # the new listener, with the new token
+        assert get(new_port, "/status", b"reloaded-token")[0] == 200
+        assert status_from(old_port) is None  # the old one is closed
+        assert children(agent.pid) == [child]  # served by the same child all along
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    assert "http_process_lost" not in err

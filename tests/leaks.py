@@ -22,7 +22,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from nodeagent.core.model import AllowedIP, Peer, format_key
 from nodeagent.core.reconcile import plan
 from nodeagent.lab.netns import Namespace
 from nodeagent.wireguard import Backend, BackendError
+from tests.daemon import free_port
 from tests.peerdata import feed_document
 
 MAX_FILE = 16 << 20
@@ -240,12 +240,6 @@ def bad_document(site: Site) -> str:
 
 
 # --- running the agent --------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def secret_file(path: Path, text: str) -> Path:

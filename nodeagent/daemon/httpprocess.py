@@ -80,7 +80,8 @@ async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
     # Safe to unpickle: the socket pair was made before the fork, and only the
     # two processes of this program hold its ends.
     message = pickle.loads(await reader.readexactly(size))  # noqa: S301
-    assert isinstance(message, tuple)
+    if not isinstance(message, tuple):
+        raise ProcessLost("not a message")
     return message
 
 
@@ -132,8 +133,6 @@ class HttpProcess:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _AGENTS_SIGNALS)
         theirs.close()
         return cls(pid, ours)
-
-    # -- what the agent calls -------------------------------------------------------------
 
     def server(self, sources: Sources, settings: HttpSettings, lost: Failed) -> ProcessServer:
         """A server run by the process, answering from ``sources``; ``lost`` if it dies."""
@@ -209,6 +208,7 @@ class HttpProcess:
         return self._writer
 
     async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reason = "closed"
         try:
             while (message := await _receive(reader)) is not None:
                 match message:
@@ -216,14 +216,14 @@ class HttpProcess:
                         writer.write(_frame(("answer", number, self._answer(what))))
                     case _:
                         self._replies.put_nowait(message)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            pass
+        except Exception as e:  # whatever broke the conversation, the process is as good as gone
+            reason = type(e).__name__
         finally:
             self.lost = True
             self._replies.put_nowait(("lost",))
             writer.close()
             if not self._closing:
-                log.error("http_process_lost pid=%d", self.pid)
+                log.error("http_process_lost pid=%d reason=%s", self.pid, reason)
                 await self._reap()  # its listeners are closed before the agent binds them
                 if self._on_lost is not None:
                     self._on_lost(ProcessLost("the http process is gone"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.lab.netns import unique_name
-from tests.peerdata import feed_document, make_peers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.daemon import degraded_config, free_port
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -34,18 +26,13 @@ def get(url: str) -> tuple[int, bytes]:
 def test_daemon_serves_status_and_metrics(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    iface = unique_name("wgh")
     # A userspace interface whose socket does not exist: the agent keeps running, degraded.
-    (tmp_path / "feed.json").write_text(feed_document(make_peers(3), iface))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"node: {{name: nl-test-01}}\n"
-        f"wireguard:\n  interfaces:\n    - {{name: {iface}, backend: userspace, "
-        f"uapi_socket: {tmp_path}/missing.sock}}\n"
-        f"feed: {{path: {tmp_path}/feed.json}}\n"
-        f"load: {{interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 2s}}\n"
+    cfg, iface = degraded_config(
+        tmp_path,
+        "wgh",
+        "load: {interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 2s}\n"
         f'http: {{listen: ["127.0.0.1:{port}"]}}\n'
-        f"log: {{level: debug}}\n"
+        "log: {level: debug}\n",
     )
     agent = subprocess.Popen(
         [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],

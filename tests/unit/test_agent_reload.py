@@ -27,18 +27,13 @@ from aiohttp import web
 from nodeagent.config.agent import LogConfig, WireguardInterfaceConfig, load_config
 from nodeagent.daemon.agent import Agent
 from nodeagent.publish.push import HEADER_NODE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from tests.daemon import free_port
 from tests.fakes import FakeBackend
 from tests.peerdata import feed_document, make_peers
 from tests.unit.test_status_http import self_signed
 
 TOKEN_A, TOKEN_B = "token-a-0123456789", "token-b-9876543210"
 SECRET_A, SECRET_B = b"push-secret-a-0123456789", b"push-secret-b-9876543210"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_secret(path: Path, content: bytes) -> None:

@@ -16,12 +16,7 @@ from pathlib import Path
 from nodeagent.load.meter import LoadReport
 from nodeagent.publish.push import signed_headers
 from nodeagent.publish.status import encode, status_document
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.daemon import free_port
 
 
 def write_config(tmp: Path, port: int, nodes: list[str]) -> Path:

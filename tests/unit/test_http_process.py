@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,11 +27,9 @@ from nodeagent.config.agent import HTTPConfig, LogConfig
 from nodeagent.daemon import httpprocess
 from nodeagent.daemon.httpprocess import HttpProcess, ProcessLost, ProcessServer
 from nodeagent.daemon.outputs import HttpService
-from nodeagent.lab.netns import unique_name
 from nodeagent.publish.http import HttpServer, HttpSettings, Sources
 from nodeagent.publish.status import StatusBoard
-from tests.peerdata import feed_document, make_peers
-from tests.unit.test_process_output import free_port
+from tests.daemon import degraded_config, free_port, running_daemon
 
 TOKEN = b"process-token"
 
@@ -263,19 +259,10 @@ def test_a_process_that_does_not_exit_is_killed_at_the_stop(
     with_process(test)  # which asserts the process is gone and reaped
 
 
-def daemon_config(tmp_path: Path, http: bool) -> Path:
+def served_config(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
-    iface = unique_name("wgp")
-    (tmp_path / "feed.json").write_text(feed_document(make_peers(3), iface))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"node: {{name: nl-test-01}}\n"
-        f"wireguard:\n  interfaces:\n    - {{name: {iface}, backend: userspace, "
-        f"uapi_socket: {tmp_path}/missing.sock}}\n"
-        f"feed: {{path: {tmp_path}/feed.json}}\n"
-        + (f'http: {{listen: ["127.0.0.1:{port}"]}}\n' if http else "")
-    )
-    return cfg
+    cfg, _ = degraded_config(tmp_path, "wgp", f'http: {{listen: ["127.0.0.1:{port}"]}}\n')
+    return cfg, port
 
 
 def children(pid: int) -> list[int]:
@@ -289,56 +276,44 @@ def status_from(port: int) -> int | None:
         return None
 
 
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` holds, for at most 30 s (then the caller's assertions say why)."""
+    for _ in range(300):
+        if condition():
+            return
+        time.sleep(0.1)
+
+
 def test_the_daemon_serves_from_its_child_and_from_itself_once_the_child_is_gone(
     tmp_path: Path,
 ) -> None:
-    cfg = daemon_config(tmp_path, http=True)
-    port = int(cfg.read_text().split("127.0.0.1:")[1].split('"')[0])
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(300):
-            if status_from(port) == 200:
-                break
-            time.sleep(0.1)
+    cfg, port = served_config(tmp_path)
+    with running_daemon(cfg) as daemon:
+        agent = daemon.process
+        wait_until(lambda: status_from(port) == 200)
         (child,) = children(agent.pid)
         listening = {c.laddr.port for c in psutil.Process(child).net_connections("tcp")}
         assert port in listening  # the child holds the listener
         os.kill(child, signal.SIGKILL)
-        for _ in range(300):  # the supervisor restarts the http service in the agent
-            if not children(agent.pid) and status_from(port) == 200:
-                break
-            time.sleep(0.1)
+        # The supervisor restarts the http service in the agent.
+        wait_until(lambda: not children(agent.pid) and status_from(port) == 200)
         assert not children(agent.pid)
         assert status_from(port) == 200
         listening = {c.laddr.port for c in psutil.Process(agent.pid).net_connections("tcp")}
         assert port in listening
-    finally:
-        agent.terminate()
-        _, err = agent.communicate(timeout=30)
-    assert agent.returncode == 0, err
-    assert f"http_process_lost pid={child}" in err
+    assert agent.returncode == 0, daemon.stderr
+    assert f"http_process_lost pid={child}" in daemon.stderr
 
 
 def test_without_an_http_section_the_daemon_does_not_fork(tmp_path: Path) -> None:
-    cfg = daemon_config(tmp_path, http=False)
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    cfg, _ = degraded_config(tmp_path, "wgp")
+    with running_daemon(cfg) as daemon:
+        agent = daemon.process
         for _ in range(300):
             if agent.stderr is not None and "agent started" in agent.stderr.readline():
                 break
         assert children(agent.pid) == []
-    finally:
-        agent.terminate()
-        _, err = agent.communicate(timeout=30)
-    assert agent.returncode == 0, err
+    assert agent.returncode == 0, daemon.stderr
 
 
 def test_a_reloaded_log_section_reaches_the_process(tmp_path: Path) -> None:
@@ -365,18 +340,10 @@ def test_a_reloaded_log_section_reaches_the_process(tmp_path: Path) -> None:
 
 
 def test_a_reload_moves_the_childs_listener_and_rotates_its_token(tmp_path: Path) -> None:
-    cfg = daemon_config(tmp_path, http=True)
-    old_port = int(cfg.read_text().split("127.0.0.1:")[1].split('"')[0])
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(300):
-            if status_from(old_port) == 200:
-                break
-            time.sleep(0.1)
+    cfg, old_port = served_config(tmp_path)
+    with running_daemon(cfg) as daemon:
+        agent = daemon.process
+        wait_until(lambda: status_from(old_port) == 200)
         (child,) = children(agent.pid)
         new_port = free_port()
         token = tmp_path / "token"
@@ -389,16 +356,10 @@ def test_a_reload_moves_the_childs_listener_and_rotates_its_token(tmp_path: Path
             )
         )
         agent.send_signal(signal.SIGHUP)
-        for _ in range(300):
-            if status_from(new_port) == 401:
-                break
-            time.sleep(0.1)
+        wait_until(lambda: status_from(new_port) == 401)
         assert status_from(new_port) == 401  # the new listener, with the new token
         assert get(new_port, "/status", b"reloaded-token")[0] == 200
         assert status_from(old_port) is None  # the old one is closed
         assert children(agent.pid) == [child]  # served by the same child all along
-    finally:
-        agent.terminate()
-        _, err = agent.communicate(timeout=30)
-    assert agent.returncode == 0, err
-    assert "http_process_lost" not in err
+    assert agent.returncode == 0, daemon.stderr
+    assert "http_process_lost" not in daemon.stderr

@@ -16,8 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from nodeagent.lab.netns import unique_name
-from tests.peerdata import feed_document, make_peers
+from tests.daemon import degraded_config, free_port
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -30,12 +29,6 @@ HOSTILE = [
     b"GET /status HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n",
     b"GET /status HTTP/9.9\r\n\r\n",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def send_raw(port: int, data: bytes) -> bytes:
@@ -60,16 +53,8 @@ def assert_clean(err: str) -> None:
 
 def test_hostile_http_requests_leave_no_origin_or_traceback(tmp_path: Path) -> None:
     port = free_port()
-    iface = unique_name("wgo")
-    (tmp_path / "feed.json").write_text(feed_document(make_peers(3), iface))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"node: {{name: nl-test-01}}\n"
-        f"wireguard:\n  interfaces:\n    - {{name: {iface}, backend: userspace, "
-        f"uapi_socket: {tmp_path}/missing.sock}}\n"
-        f"feed: {{path: {tmp_path}/feed.json}}\n"
-        f'http: {{listen: ["127.0.0.1:{port}"]}}\n'
-        f"log: {{level: debug}}\n"
+    cfg, _ = degraded_config(
+        tmp_path, "wgo", f'http: {{listen: ["127.0.0.1:{port}"]}}\nlog: {{level: debug}}\n'
     )
     agent = subprocess.Popen(
         [sys.executable, "-m", "nodeagent", "run", "-c", str(cfg)],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from nodeagent.core.backoff import Backoff
 from nodeagent.load.meter import LoadReport
 from nodeagent.publish.push import Pusher, sign, signed_headers
 from nodeagent.publish.status import StatusBoard
+from tests.daemon import free_port
 
 SECRET = b"node-secret-0123456789"
 NODE = "nl-ams-01"
@@ -75,12 +75,6 @@ class Collector:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def board(clock: FakeClock, percent: int = 37) -> StatusBoard:

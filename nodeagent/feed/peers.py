@@ -10,10 +10,11 @@ never keys or addresses.
 
 from __future__ import annotations
 
+from array import array
 from datetime import datetime
 from typing import Any
 
-from nodeagent.core.model import AllowedIPs, Peer, parse_key, parse_packed_ip
+from nodeagent.core.model import KEY_LEN, AllowedIPs, Peer, parse_key, parse_packed_ip
 from nodeagent.core.names import is_interface_name
 from nodeagent.feed.document import FeedError, parse_time
 
@@ -32,6 +33,16 @@ def interface_name(name: object) -> str:
 
 def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
     """One peer object at ``where``, and its expiry if it has one."""
+    public_key, psk, routes, expires = _peer_fields(where, raw)
+    return Peer(public_key, _routes(routes), psk), expires
+
+
+def _routes(entries: list[bytes]) -> AllowedIPs:
+    return AllowedIPs.from_packed(entries) if entries else AllowedIPs()
+
+
+def _peer_fields(where: str, raw: Any) -> tuple[bytes, bytes | None, list[bytes], datetime | None]:
+    """One peer object's public key, preshared key, routes (each packed) and expiry."""
     if not isinstance(raw, dict):
         raise FeedError(f"{where}: must be an object")
     unknown = raw.keys() - PEER_KEYS
@@ -64,8 +75,7 @@ def parse_peer(where: str, raw: Any) -> tuple[Peer, datetime | None]:
             expires = parse_time(raw["expires_at"])
         except ValueError:
             raise FeedError(f"{where}.expires_at: not an RFC 3339 time with a zone") from None
-    ips = AllowedIPs.from_packed(routes) if routes else AllowedIPs()
-    return Peer(public_key, ips, psk), expires
+    return public_key, psk, routes, expires
 
 
 def parse_peers(
@@ -77,23 +87,62 @@ def parse_peers(
     move the address to the later peer). ``consume`` empties ``items`` as it is
     read, so a large decoded document shrinks while the result grows instead of
     being held twice at the peak.
+
+    Read in two passes, so that the values that stay are allocated together.
+    The first validates every item into one flat buffer (key, preshared key,
+    routes), and all it allocates on the way is freed; the second builds the
+    ``Peer`` values from that buffer alone. Built while the items were read,
+    they landed among the decoded document's objects, and once those were
+    freed, the allocator could not return the pages they were scattered over:
+    13 MB more resident at 100,000 peers.
     """
-    peers: dict[bytes, Peer] = {}
-    expires: dict[bytes, datetime] = {}
+    flat = bytearray()  # per peer: its key, its preshared key if any, its routes
+    route_lengths = array("H")
+    with_psk = bytearray()  # per peer: 1 if it has a preshared key
+    expiring: dict[int, datetime] = {}  # by position in the list
+    seen: set[bytes] = set()
     owner: dict[bytes, int] = {}  # each route, packed: the first peer routing it
     for i in range(len(items)):
         item = items[i]
         if consume:
             items[i] = None
         at = f"{where}.{field}[{i}]"
-        peer, expiry = parse_peer(at, item)
-        if peer.public_key in peers:
+        public_key, psk, routes, expiry = _peer_fields(at, item)
+        if public_key in seen:
             raise FeedError(f"{at}.public_key: duplicate public key")
-        for entry in peer.allowed_ips.entries():
+        seen.add(public_key)
+        for entry in routes:
             first = owner.setdefault(entry, i)
             if first != i:
                 raise FeedError(f"{at}.allowed_ips: an allowed IP of {field}[{first}] again")
-        peers[peer.public_key] = peer
+        flat += public_key
+        if psk is not None:
+            flat += psk
+        packed = _routes(routes).packed
+        flat += packed
+        with_psk.append(psk is not None)
+        route_lengths.append(len(packed))
         if expiry is not None:
-            expires[peer.public_key] = expiry
-    return peers, expires
+            expiring[i] = expiry
+    del seen, owner
+    return _build(bytes(flat), with_psk, route_lengths, expiring)
+
+
+def _build(
+    flat: bytes, with_psk: bytearray, route_lengths: array[int], expiring: dict[int, datetime]
+) -> tuple[dict[bytes, Peer], dict[bytes, datetime]]:
+    """The peers that :func:`parse_peers` laid out in ``flat``, and their expiries by key."""
+    peers: dict[bytes, Peer] = {}
+    routes_of = AllowedIPs.from_packed
+    pos = 0
+    for psk_follows, n in zip(with_psk, route_lengths, strict=True):
+        end = pos + KEY_LEN
+        public_key = flat[pos:end]
+        psk = None
+        if psk_follows:
+            psk = flat[end : end + KEY_LEN]
+            end += KEY_LEN
+        pos = end + n
+        peers[public_key] = Peer(public_key, routes_of([flat[end:pos]]), psk)
+    keys = list(peers) if expiring else []
+    return peers, {keys[i]: expiry for i, expiry in expiring.items()}

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent.core.model import DesiredInterface, DesiredState, User
-from nodeagent.feed.document import FeedError, decode_json, document_version, parse_time
+from nodeagent.feed.document import (
+    FeedError,
+    decode_json,
+    document_text,
+    document_version,
+    parse_time,
+)
 from nodeagent.feed.peers import interface_name, parse_peers
 
 __all__ = [
@@ -157,5 +163,4 @@ def stamp(path: str | Path) -> FileStamp | None:
 def read_file_feed(path: str | Path) -> tuple[DesiredState, FileStamp | None]:
     """Read and validate a file feed; raises FeedError (or OSError if unreadable)."""
     before = stamp(path)
-    data = Path(path).read_bytes()
-    return parse_snapshot(data), before
+    return parse_snapshot(document_text(Path(path).read_bytes())), before

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from nodeagent.core.model import AllowedIP, allowed_ips, format_key
+from nodeagent.feed.peers import parse_peer
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
 
@@ -61,6 +62,28 @@ def test_expired_peers_are_not_active() -> None:
     now = datetime(2026, 6, 1, tzinfo=UTC)
     assert list(state.wireguard["wg0"].active(now)) == [key("f", 2)]
     assert state.wireguard["wg0"].next_expiry(now) == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_peers_read_in_two_passes_are_each_item_read_alone() -> None:
+    """The flat buffer between the two passes keeps each peer's fields, order and expiry apart."""
+    items: list[dict[str, Any]] = []
+    for i in range(40):
+        item: dict[str, Any] = {
+            "public_key": format_key(key("two", i)),
+            "allowed_ips": [f"10.9.{i}.{j}/32" for j in range(i % 4)]
+            + ([f"fd00:9::{i:x}/128"] if i % 5 == 0 else []),
+        }
+        if i % 3 == 0:
+            item["preshared_key"] = format_key(key("twopsk", i))
+        if i % 4 == 1:
+            item["expires_at"] = f"2027-01-{1 + i % 28:02d}T00:00:00Z"
+        items.append(item)
+    wg0 = parse_snapshot(doc(items)).wireguard["wg0"]
+    alone = [parse_peer("x", item) for item in items]
+    assert list(wg0.peers.values()) == [peer for peer, _ in alone]
+    assert wg0.expires == {peer.public_key: t for peer, t in alone if t is not None}
+    assert len(wg0.expires) == 10
+    assert sum(p.preshared_key is not None for p in wg0.peers.values()) == 14
 
 
 BAD = [

@@ -122,16 +122,7 @@ def breakdown(peers: Mapping[bytes, Peer], seen: set[int]) -> dict[str, tuple[in
         add("Peer", p)
         if p.public_key is not k:
             add("public key bytes", p.public_key)
-        add(f"allowed_ips {type(p.allowed_ips).__name__}", p.allowed_ips)
-        packed = getattr(p.allowed_ips, "packed", None)
-        if packed is not None:  # one bytes object holds every route
-            add("allowed_ips packed bytes", packed)
-            continue_ips = False
-        else:
-            continue_ips = True
-        for ip in p.allowed_ips if continue_ips else ():
-            add("AllowedIP tuple", ip)
-            add("address bytes", ip.address)
+        add("routes bytes", p.routes)  # every route, packed in one bytes object
         if p.preshared_key is not None:
             add("preshared key bytes", p.preshared_key)
     return {kind: (v[0], v[1]) for kind, v in out.items()}

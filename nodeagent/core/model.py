@@ -109,6 +109,13 @@ class AllowedIPs(Collection[AllowedIP]):
         return self
 
     @classmethod
+    def canonical(cls, packed: bytes) -> AllowedIPs:
+        """The routes packed as ``packed``, already canonical (another ``AllowedIPs``'s)."""
+        self = object.__new__(cls)
+        self.packed = packed
+        return self
+
+    @classmethod
     def from_packed(cls, entries: list[bytes]) -> AllowedIPs:
         """From routes already packed (a decoder's), in any order, maybe repeated.
 
@@ -186,23 +193,37 @@ def allowed_ips(ips: Iterable[AllowedIP]) -> AllowedIPs:
     return AllowedIPs(ips)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Peer:
     """A WireGuard peer as the agent manages it: key, optional preshared key, routes.
 
     Endpoints, handshake times and byte counts are deliberately absent: the
-    agent never needs them to reconcile and so never holds them. ``allowed_ips``
-    is kept as :class:`AllowedIPs` whatever iterable of ``AllowedIP`` it was
-    given, so equal peers compare equal.
+    agent never needs them to reconcile and so never holds them. The routes are
+    given as any iterable of ``AllowedIP`` (or an :class:`AllowedIPs`) and kept
+    as ``routes``, the canonical bytes :class:`AllowedIPs` packs them into, so
+    equal peers compare equal; ``allowed_ips`` gives them as ``AllowedIPs``. A
+    million peers are held at once: no object stands around the bytes (48
+    bytes a peer).
     """
 
     public_key: bytes
-    allowed_ips: AllowedIPs = field(default_factory=AllowedIPs)
-    preshared_key: bytes | None = None
+    routes: bytes
+    preshared_key: bytes | None
 
-    def __post_init__(self) -> None:
-        if type(self.allowed_ips) is not AllowedIPs:
-            object.__setattr__(self, "allowed_ips", AllowedIPs(self.allowed_ips))
+    def __init__(
+        self,
+        public_key: bytes,
+        allowed_ips: Iterable[AllowedIP] = (),
+        preshared_key: bytes | None = None,
+    ) -> None:
+        setattr_ = object.__setattr__  # frozen: set once, here
+        setattr_(self, "public_key", public_key)
+        setattr_(self, "routes", AllowedIPs(allowed_ips).packed)
+        setattr_(self, "preshared_key", preshared_key)
+
+    @property
+    def allowed_ips(self) -> AllowedIPs:
+        return AllowedIPs.canonical(self.routes)
 
     def __repr__(self) -> str:
         psk = ", psk" if self.preshared_key else ""

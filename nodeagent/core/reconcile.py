@@ -32,7 +32,7 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
         if have is None:
             add.append(want)
             continue
-        ips_differ = want.allowed_ips != have.allowed_ips
+        ips_differ = want.routes != have.routes
         psk_differs = want.preshared_key != have.preshared_key
         if ips_differ or psk_differs:
             update.append(
@@ -86,7 +86,7 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
             want = get(key)
             if want is not have and (
                 want is None
-                or want.allowed_ips != have.allowed_ips
+                or want.routes != have.routes
                 or want.preshared_key != have.preshared_key
             ):
                 break
@@ -98,7 +98,7 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
         if (
             want is not None
             and want is not have
-            and want.allowed_ips == have.allowed_ips
+            and want.routes == have.routes
             and want.preshared_key == have.preshared_key
         ):
             break
@@ -112,7 +112,7 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
         if (
             want is not None
             and want is not have
-            and want.allowed_ips == have.allowed_ips
+            and want.routes == have.routes
             and want.preshared_key == have.preshared_key
         ):
             out[want.public_key] = want

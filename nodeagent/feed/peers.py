@@ -130,7 +130,7 @@ def _build(
 ) -> dict[bytes, Peer]:
     """The peers that :func:`parse_peers` laid out in ``flat``, each key once."""
     peers: dict[bytes, Peer] = {}
-    routes_of = AllowedIPs.from_packed
+    routes_of = AllowedIPs.canonical
     pos = 0
     for i, (psk_follows, n) in enumerate(zip(with_psk, route_lengths, strict=True)):
         end = pos + KEY_LEN
@@ -142,7 +142,7 @@ def _build(
             psk = flat[end : end + KEY_LEN]
             end += KEY_LEN
         pos = end + n
-        peers[public_key] = Peer(public_key, routes_of([flat[end:pos]]), psk)
+        peers[public_key] = Peer(public_key, routes_of(flat[end:pos]), psk)
     return peers
 
 

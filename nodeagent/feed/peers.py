@@ -102,7 +102,7 @@ def parse_peers(
     key twice, then for a route twice.
     """
     flat = bytearray()  # per peer: its key, its preshared key if any, its routes
-    route_lengths = array("H")
+    route_lengths = array("I")  # bytes of routes a peer: a few, or many thousands
     with_psk = bytearray()  # per peer: 1 if it has a preshared key
     expiring: dict[int, datetime] = {}  # by position in the list
     for i in range(len(items)):

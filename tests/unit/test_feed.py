@@ -86,6 +86,14 @@ def test_peers_read_in_two_passes_are_each_item_read_alone() -> None:
     assert sum(p.preshared_key is not None for p in wg0.peers.values()) == 14
 
 
+def test_a_peer_may_route_many_thousands_of_networks() -> None:
+    """Over 64 KiB of packed routes for one peer (a site behind it): taken, not an overflow."""
+    routes = [f"fd00:{i >> 16:x}:{i & 0xFFFF:x}::/48" for i in range(5000)]
+    wg0 = parse_snapshot(doc([{"public_key": K1, "allowed_ips": routes}, {"public_key": K2}]))
+    assert len(wg0.wireguard["wg0"].peers[key("f", 1)].allowed_ips) == 5000
+    assert len(wg0.wireguard["wg0"].peers[key("f", 2)].allowed_ips) == 0
+
+
 BAD = [
     ("not json", "{", "not valid JSON"),
     ("no version", json.dumps({"full": True}), "version"),

@@ -1,12 +1,15 @@
 """/status under load while a 20,000-peer reconcile runs, and the agent's CPU at idle (root).
 
-    python bench/status_bench.py [--peers 20000] [--connections 200] [--seconds 10] [--idle 30]
+    python bench/status_bench.py [--peers 20000] [--interfaces 1] [--connections 200]
+                                 [--seconds 10] [--idle 30]
 
 The real daemon is measured: ``python -m nodeagent run -c CONFIG`` (this
 interpreter), managing a real wireguard-go interface in a lab namespace
 through its UAPI socket, with a file feed, the HTTP server on 127.0.0.1, and
-the load sampler at a 1 s interval. The feed first holds ``--peers`` peers;
-the initial load is applied before anything is measured. Measured:
+the load sampler at a 1 s interval. The feed first holds ``--peers`` peers,
+split evenly over ``--interfaces`` wireguard-go interfaces (each takes 65,536:
+100,000 need two); the initial load is applied before anything is measured.
+Measured:
 
 - CPU of the daemon (with its HTTP serving process) at idle (no requests, no
   feed changes) over ``--idle`` s;
@@ -16,7 +19,8 @@ the initial load is applied before anything is measured. Measured:
   first at idle, then while the daemon reconciles: a driver alternates the
   feed file (written atomically) between two documents of ``--peers`` peers
   that differ in every peer's allowed IPs, and writes the next one as soon as
-  the daemon logs the pass (``peer_sync applied ... ms=N``). The daemon polls
+  the daemon logs the pass of every interface (``peer_sync applied ...
+  ms=N``). The daemon polls
   its file feed once a second, so passes follow each other with up to 1 s
   between them. Requests per second and latency percentiles, side by side,
   and each pass with the duration the daemon reported.
@@ -50,7 +54,7 @@ from nodeagent.core.model import Peer
 from nodeagent.lab.netns import missing_prerequisites
 from nodeagent.lab.tunnel import Lab
 from nodeagent.lab.wireguard_go import WireguardGo
-from tests.peerdata import feed_document, make_peers, v4, write_atomic
+from tests.peerdata import interfaces_document, make_peers, v4, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_TIMEOUT = 600.0  # the initial load of 20,000 peers on a busy machine
@@ -67,8 +71,9 @@ PASS_LINE = re.compile(
 
 @dataclass(frozen=True)
 class Pass:
-    """One reconcile pass, as the daemon logged it."""
+    """One reconcile pass of one interface, as the daemon logged it."""
 
+    interface: str
     added: int
     updated: int
     removed: int
@@ -101,7 +106,7 @@ class DaemonLog:
             m = PASS_LINE.search(line.decode(errors="replace"))
             if m:
                 counts = ("added", "updated", "removed", "unchanged", "ms")
-                out.append(Pass(*(int(m.group(k)) for k in counts)))
+                out.append(Pass(m.group("interface"), *(int(m.group(k)) for k in counts)))
         return out
 
     def tail(self, lines: int = 20) -> str:
@@ -112,13 +117,16 @@ class DaemonLog:
         return [ln for ln in text.splitlines() if ln.startswith(("WARNING", "ERROR"))]
 
 
-def write_config(tmp: Path, wg: WireguardGo, feed: Path, port: int) -> Path:
+def write_config(tmp: Path, wgs: list[WireguardGo], feed: Path, port: int) -> Path:
     config = tmp / "config.yaml"
     config.write_text(
-        f"node: {{name: bench-01}}\n"
-        f"wireguard:\n  interfaces:\n"
-        f"    - {{name: {wg.name}, backend: userspace, uapi_socket: {wg.socket_path}}}\n"
-        f"feed: {{path: {feed}}}\n"
+        "node: {name: bench-01}\n"
+        "wireguard:\n  interfaces:\n"
+        + "".join(
+            f"    - {{name: {wg.name}, backend: userspace, uapi_socket: {wg.socket_path}}}\n"
+            for wg in wgs
+        )
+        + f"feed: {{path: {feed}}}\n"
         f"load: {{interfaces: [lo], capacity: 1Gbit, sample_interval: 1s, window: 60s}}\n"
         f"http: {{listen: ['127.0.0.1:{port}']}}\n"
         f"log: {{level: info}}\n"
@@ -144,13 +152,18 @@ def stop_daemon(agent: subprocess.Popen[bytes]) -> None:
             agent.wait()
 
 
-def wait_for_load(agent: subprocess.Popen[bytes], log: DaemonLog, peers: int) -> Pass:
-    """Block until a pass leaves the interface holding all ``peers``."""
+def wait_for_load(
+    agent: subprocess.Popen[bytes], log: DaemonLog, peers: dict[str, int]
+) -> list[Pass]:
+    """Block until a pass has left each interface holding all of its ``peers``."""
     deadline = time.monotonic() + LOAD_TIMEOUT
+    loaded: dict[str, Pass] = {}
     while time.monotonic() < deadline:
         for p in log.passes():
-            if p.held == peers:
-                return p
+            if p.held == peers.get(p.interface):
+                loaded[p.interface] = p
+        if loaded.keys() == peers.keys():
+            return list(loaded.values())
         if agent.poll() is not None:
             raise SystemExit(f"the daemon exited with {agent.returncode}:\n{log.tail()}")
         time.sleep(0.05)
@@ -161,10 +174,16 @@ class Flipper(threading.Thread):
     """Alternates the feed between two documents, the next one once the daemon logged a pass."""
 
     def __init__(
-        self, feed: Path, documents: tuple[str, str], log: DaemonLog, alive: Callable[[], bool]
+        self,
+        feed: Path,
+        documents: tuple[str, str],
+        interfaces: set[str],
+        log: DaemonLog,
+        alive: Callable[[], bool],
     ) -> None:
         super().__init__(name="flipper", daemon=True)
         self.feed, self.documents, self.log, self.alive = feed, documents, log, alive
+        self.interfaces = interfaces
         self.passes: list[Pass] = []
         self._stopping = threading.Event()
 
@@ -173,10 +192,11 @@ class Flipper(threading.Thread):
         while not self._stopping.is_set() and self.alive():
             write_atomic(self.feed, self.documents[turn % 2])
             turn += 1
-            while not self._stopping.is_set() and self.alive():
-                if done := self.log.passes():
-                    self.passes.extend(done)
-                    break
+            waiting = set(self.interfaces)
+            while waiting and not self._stopping.is_set() and self.alive():
+                done = self.log.passes()
+                self.passes.extend(done)
+                waiting -= {p.interface for p in done}
                 time.sleep(0.02)
 
     def stop(self) -> list[Pass]:
@@ -237,6 +257,12 @@ def cpu_percent(pid: int, seconds: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=20_000)
+    ap.add_argument(
+        "--interfaces",
+        type=int,
+        default=1,
+        help="split the peers over this many wireguard-go interfaces (each takes 65,536)",
+    )
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--idle", type=float, default=30.0)
@@ -258,24 +284,30 @@ def main() -> int:
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="status-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ns = lab.namespace("nab")
-        wg = lab.wireguard_go(ns, "wgsb")
+        wgs = [lab.wireguard_go(ns, "wgsb") for _ in range(args.interfaces)]
+
+        def document(peers: dict[bytes, Peer], version: str) -> str:
+            every = list(peers.items())
+            n = len(wgs)
+            return interfaces_document(
+                {wg.name: dict(every[i::n]) for i, wg in enumerate(wgs)}, version
+            )
+
         feed = tmp / "feed.json"
-        documents = (
-            feed_document(second, wg.name, "second"),
-            feed_document(first, wg.name, "first"),
-        )
-        write_atomic(feed, feed_document(first, wg.name, "initial"))
-        config = write_config(tmp, wg, feed, args.port)
+        documents = (document(second, "second"), document(first, "first"))
+        write_atomic(feed, document(first, "initial"))
+        shares = {wg.name: len(range(i, len(first), len(wgs))) for i, wg in enumerate(wgs)}
+        config = write_config(tmp, wgs, feed, args.port)
         argv = [sys.executable, "-m", "nodeagent", "run", "-c", str(config)]
         log = DaemonLog(tmp / "agent.log")
         log.path.touch()
         agent = start_daemon(argv, log.path)
         try:
-            load = wait_for_load(agent, log, args.peers)
+            load = wait_for_load(agent, log, shares)
             time.sleep(3)  # let the sampler settle
             idle = cpu_percent(agent.pid, args.idle)
             quiet = wrk(url, args.connections, args.seconds)
-            flipper = Flipper(feed, documents, log, lambda: agent.poll() is None)
+            flipper = Flipper(feed, documents, set(shares), log, lambda: agent.poll() is None)
             flipper.start()
             try:
                 busy = wrk(url, args.connections, args.seconds)
@@ -287,8 +319,9 @@ def main() -> int:
 
     print(f"# agent: {shlex.join(argv)}")
     print(
-        f"# {args.peers} peers on wireguard-go interface {wg.name}; "
-        f"initial load applied in {load.ms / 1000:.2f} s"
+        f"# {args.peers} peers on {len(wgs)} wireguard-go interface(s) "
+        f"({', '.join(f'{n}: {k}' for n, k in shares.items())}); "
+        f"initial load applied in {max(p.ms for p in load) / 1000:.2f} s"
     )
     print(f"# /status with {args.connections} concurrent connections, {args.seconds} s each (wrk)")
     print(f"{'':28} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
@@ -303,7 +336,7 @@ def main() -> int:
     print(f"# reconcile passes during the busy run (ms= as the daemon logged): {len(passes)}")
     for p in passes:
         print(
-            f"  {p.ms / 1000:6.2f} s  added={p.added} updated={p.updated} "
+            f"  {p.ms / 1000:6.2f} s  {p.interface} added={p.added} updated={p.updated} "
             f"removed={p.removed} unchanged={p.unchanged}"
         )
     print(
@@ -313,8 +346,8 @@ def main() -> int:
         print(f"# daemon log: {line}")
     failed = any(r["non2xx"] or r["socket_errors"] for r in (quiet, busy))
     if args.json:
-        figures = {"peers": args.peers, "idle_p99_ms": quiet["p99"], "busy_p99_ms": busy["p99"],
-                   "passes": len(passes)}  # fmt: skip
+        figures = {"peers": args.peers, "interfaces": len(wgs), "idle_p99_ms": quiet["p99"],
+                   "busy_p99_ms": busy["p99"], "passes": len(passes)}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures))
     return 0 if passes and not failed else 1
 

@@ -150,16 +150,8 @@ class AllowedIPs(Collection[AllowedIP]):
         return _entries(self.packed)
 
     def shares(self, entries: Collection[bytes]) -> bool:
-        """Whether any of ``entries`` (packed routes, as :meth:`entries` yields) is one of these.
-
-        Runs over every peer of an interface for each delta, so a few wanted
-        routes are first looked for as substrings, in C; a hit is confirmed
-        entry by entry (a substring may straddle two routes).
-        """
-        raw = self.packed
-        if len(entries) <= 4 and not any(e in raw for e in entries):
-            return False
-        return not set(_entries(raw)).isdisjoint(entries)
+        """Whether any of ``entries`` (packed routes, as :meth:`entries` yields) is one of these."""
+        return routes_share(self.packed, entries)
 
     def __eq__(self, other: object) -> bool:
         return type(other) is AllowedIPs and self.packed == other.packed
@@ -169,6 +161,24 @@ class AllowedIPs(Collection[AllowedIP]):
 
     def __repr__(self) -> str:
         return f"AllowedIPs(<{len(self)} redacted>)"
+
+
+def routes_share(packed: bytes, entries: Collection[bytes]) -> bool:
+    """Whether any of ``entries`` (routes packed one by one) is among the routes ``packed``.
+
+    Runs over every peer of an interface for each delta (on ``Peer.routes``, no
+    ``AllowedIPs`` made), so a few wanted routes are first looked for as
+    substrings, in C; a hit is confirmed entry by entry (a substring may
+    straddle two routes).
+    """
+    if len(entries) <= 4 and not any(e in packed for e in entries):
+        return False
+    return not set(_entries(packed)).isdisjoint(entries)
+
+
+def route_entries(packed: bytes) -> Iterator[bytes]:
+    """Each route of ``packed`` (as ``AllowedIPs.packed``), packed on its own."""
+    return _entries(packed)
 
 
 def _entries(raw: bytes) -> Iterator[bytes]:

@@ -17,9 +17,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, NamedTuple
 
-from nodeagent.core.model import DesiredInterface, DesiredState, Peer, User, parse_key
+from nodeagent.core.model import (
+    DesiredInterface,
+    DesiredState,
+    Peer,
+    User,
+    parse_key,
+    route_entries,
+    routes_share,
+)
 from nodeagent.feed.document import FeedError, decode_json, document_version
 from nodeagent.feed.peers import interface_name, parse_peers
 from nodeagent.feed.snapshot import USERNAME, parse_users, snapshot_from_doc
@@ -205,15 +214,16 @@ def _first_collision(
     """
     wanted = frozenset(new_ips)
     if len(wanted) <= _JOINED_SEARCH_MAX:
-        joined = b"".join([peer.allowed_ips.packed for peer in peers.values()])
+        joined = b"".join(map(_ROUTES, peers.values()))
         if not any(entry in joined for entry in wanted):
             return None
     for k, peer in peers.items():
-        if k not in upserted and peer.allowed_ips.shares(wanted):
-            return min(new_ips[e] for e in peer.allowed_ips.entries() if e in new_ips)
+        if k not in upserted and routes_share(peer.routes, wanted):
+            return min(new_ips[e] for e in route_entries(peer.routes) if e in new_ips)
     return None
 
 
+_ROUTES = attrgetter("routes")
 # Up to this many routes in a delta, each is searched for in all the routes joined.
 _JOINED_SEARCH_MAX = 16
 

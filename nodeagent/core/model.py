@@ -143,11 +143,11 @@ class AllowedIPs(Collection[AllowedIP]):
         return count
 
     def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, AllowedIP) and _pack(ip) in set(_entries(self.packed))
+        return isinstance(ip, AllowedIP) and _pack(ip) in set(route_entries(self.packed))
 
     def entries(self) -> Iterator[bytes]:
         """Each route packed (address length, prefix length, address): cheaper than iterating."""
-        return _entries(self.packed)
+        return route_entries(self.packed)
 
     def shares(self, entries: Collection[bytes]) -> bool:
         """Whether any of ``entries`` (packed routes, as :meth:`entries` yields) is one of these."""
@@ -173,15 +173,11 @@ def routes_share(packed: bytes, entries: Collection[bytes]) -> bool:
     """
     if len(entries) <= 4 and not any(e in packed for e in entries):
         return False
-    return not set(_entries(packed)).isdisjoint(entries)
+    return not set(route_entries(packed)).isdisjoint(entries)
 
 
-def route_entries(packed: bytes) -> Iterator[bytes]:
-    """Each route of ``packed`` (as ``AllowedIPs.packed``), packed on its own."""
-    return _entries(packed)
-
-
-def _entries(raw: bytes) -> Iterator[bytes]:
+def route_entries(raw: bytes) -> Iterator[bytes]:
+    """Each route of ``raw`` (as ``AllowedIPs.packed``), packed on its own."""
     pos = 0
     while pos < len(raw):
         n = raw[pos]

@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from nodeagent.core.model import KEY_LEN, AllowedIPs, Peer, parse_key, parse_packed_ip
+from nodeagent.core.model import (
+    KEY_LEN,
+    AllowedIPs,
+    Peer,
+    parse_key,
+    parse_packed_ip,
+    route_entries,
+)
 from nodeagent.core.names import is_interface_name
 from nodeagent.feed.document import FeedError, parse_time
 
@@ -150,7 +157,7 @@ def _check_routes(where: str, field: str, peers: Iterable[Peer]) -> None:
     """FeedError if two of ``peers`` (a list's, in its order) route the same address."""
     owner: dict[bytes, int] = {}  # each route, packed: the first peer routing it
     for i, peer in enumerate(peers):
-        for entry in peer.allowed_ips.entries():
+        for entry in route_entries(peer.routes):
             first = owner.setdefault(entry, i)
             if first != i:
                 raise FeedError(

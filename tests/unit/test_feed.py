@@ -64,8 +64,8 @@ def test_expired_peers_are_not_active() -> None:
     assert state.wireguard["wg0"].next_expiry(now) == datetime(2027, 1, 1, tzinfo=UTC)
 
 
-def test_peers_read_in_two_passes_are_each_item_read_alone() -> None:
-    """The flat buffer between the two passes keeps each peer's fields, order and expiry apart."""
+def test_peers_read_in_passes_are_each_item_read_alone() -> None:
+    """The flat buffer between the passes keeps each peer's fields, order and expiry apart."""
     items: list[dict[str, Any]] = []
     for i in range(40):
         item: dict[str, Any] = {

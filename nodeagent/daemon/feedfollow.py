@@ -125,7 +125,7 @@ class FeedFollower(TaskService):
 
     async def _load_file(self, path: str) -> None:
         try:
-            desired, st = await asyncio.to_thread(read_file_feed, path)
+            desired, st = await asyncio.to_thread(read_file_feed, path, self._current())
         except FeedError as e:
             self._stamp = await asyncio.to_thread(stamp, path)
             self._refused("invalid")

@@ -30,7 +30,7 @@ from nodeagent.core.model import (
     routes_share,
 )
 from nodeagent.feed.document import FeedError, decode_json, document_version
-from nodeagent.feed.peers import interface_name, parse_peers
+from nodeagent.feed.peers import interface_name, parse_peers, peer_item
 from nodeagent.feed.snapshot import USERNAME, parse_users, snapshot_from_doc
 
 __all__ = [
@@ -170,7 +170,7 @@ def _delta(doc: Any) -> Delta:
 
 def parse_delta(data: bytes | bytearray | str) -> Delta:
     """Decode and validate a delta document; FeedError on any problem."""
-    return delta_from_doc(decode_json(data))
+    return delta_from_doc(decode_json(data, peer_item))
 
 
 def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) -> DesiredInterface:
@@ -260,10 +260,10 @@ def apply_document(data: bytes | bytearray | str, current: DesiredState | None) 
     A full snapshot replaces ``current``; a delta is applied to it (DeltaMismatch
     when there is no current state or its version is not the delta's ``since``).
     """
-    doc = decode_json(data)
+    doc = decode_json(data, peer_item)
     if isinstance(doc, dict) and doc.get("full") is True:
         # A full answer to a since= request: the server lost the history.
-        return Applied(snapshot_from_doc(doc), True)
+        return Applied(snapshot_from_doc(doc, current), True)
     delta = delta_from_doc(doc)
     del doc
     if current is None:

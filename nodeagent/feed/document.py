@@ -8,6 +8,7 @@ addresses.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -47,30 +48,20 @@ def document_text(data: bytes) -> str | bytes:
         return data
 
 
-def decode_json(data: bytes | bytearray | str) -> Any:
-    """The decoded document; FeedError for anything that is not JSON, however it fails.
+def decode_json(data: bytes | bytearray | str, each_object: Callable[[dict[str, Any]], Any]) -> Any:
+    """The decoded document, each object as ``each_object`` returns it; FeedError for non-JSON.
 
+    ``each_object`` is the decoder's object hook (``feed.peers.peer_item``).
     Nesting deeper than the interpreter's recursion limit (a body of 200,000
     ``[``) makes the decoder raise RecursionError: that is a bad document too.
     """
     try:
-        return json.loads(data, object_hook=_each_object)
+        return json.loads(data, object_hook=each_object)
     except (ValueError, UnicodeDecodeError) as e:
         # json's message quotes no document text, only a position.
         raise FeedError(f"not valid JSON ({type(e).__name__} at {json_position(e)})") from None
     except RecursionError:
         raise FeedError("not valid JSON (nested too deeply)") from None
-
-
-def _each_object(obj: dict[str, Any]) -> dict[str, Any]:
-    """Called by the decoder for each JSON object (a peer, a user): returns it as it is.
-
-    Being Python, the call lets the interpreter switch threads: json.loads of
-    a 60,000-peer snapshot in a worker thread is otherwise one C call that
-    holds the event loop (OpenVPN logins, the answers ``/metrics`` and the
-    probes ask for) for its whole 60-160 ms.
-    """
-    return obj
 
 
 def json_position(e: Exception) -> str:

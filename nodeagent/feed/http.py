@@ -238,7 +238,7 @@ class HttpFeed:
         try:
             if since is None:
                 # Validation of a large snapshot takes a second of CPU: not on the event loop.
-                applied = Applied(await asyncio.to_thread(parse_snapshot, body), True)
+                applied = Applied(await asyncio.to_thread(parse_snapshot, body, current), True)
             else:
                 applied = await asyncio.to_thread(apply_document, body, current)
         except DeltaMismatch:

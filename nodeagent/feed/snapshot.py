@@ -27,7 +27,7 @@ from nodeagent.feed.document import (
     document_version,
     parse_time,
 )
-from nodeagent.feed.peers import interface_name, parse_peers
+from nodeagent.feed.peers import interface_name, parse_peers, peer_item
 
 __all__ = [
     "SCRYPT_MAX_MEMORY",
@@ -54,12 +54,16 @@ SCRYPT_MAX_MEMORY = 64 << 20
 SCRYPT_MAX_P = 4
 
 
-def _interface(name: str, raw: Any) -> DesiredInterface:
+def _interface(name: str, raw: Any, current: DesiredState | None) -> DesiredInterface:
     where = f"wireguard.{name}"
     if not isinstance(raw, dict) or not isinstance(raw.get("peers"), list):
         raise FeedError(f"{where}: must be an object with a peers list")
-    # Consumed as it is read: a million-peer snapshot is not held twice at its peak.
-    peers, expires = parse_peers(where, "peers", raw["peers"], consume=True)
+    held = current.wireguard.get(name) if current is not None else None
+    # Consumed as it is read, and the unchanged peers are the current state's own:
+    # a million-peer snapshot is not held twice at its peak.
+    peers, expires = parse_peers(
+        where, "peers", raw["peers"], consume=True, reuse=held.peers if held else None
+    )
     return DesiredInterface(peers, expires)
 
 
@@ -92,7 +96,7 @@ def parse_users(raw: Any) -> dict[str, User]:
     for i, item in enumerate(raw["users"]):
         where = f"openvpn.users[{i}]"
         if not isinstance(item, dict):
-            raise FeedError(f"{where}: must be an object")
+            raise FeedError(f"{where}: must be a user object")
         if item.keys() - _USER_KEYS:
             raise FeedError(f"{where}: unknown field")
         name = item.get("username")
@@ -114,20 +118,25 @@ def parse_users(raw: Any) -> dict[str, User]:
     return users
 
 
-def parse_snapshot(data: bytes | str) -> DesiredState:
-    """Validate a full snapshot; any problem rejects the whole document."""
-    return snapshot_from_doc(decode_json(data))
+def parse_snapshot(data: bytes | str, current: DesiredState | None = None) -> DesiredState:
+    """Validate a full snapshot; any problem rejects the whole document.
+
+    ``current`` is the state it replaces, whose unchanged peers it shares.
+    """
+    doc = decode_json(data, peer_item)
+    del data  # the caller's text: only this frame held it, once passed on (13 MB at 100,000)
+    return snapshot_from_doc(doc, current)
 
 
-def snapshot_from_doc(doc: Any) -> DesiredState:
+def snapshot_from_doc(doc: Any, current: DesiredState | None = None) -> DesiredState:
     """Validate an already-decoded snapshot; FeedError carries its version if it had one."""
     try:
-        return _snapshot(doc)
+        return _snapshot(doc, current)
     except FeedError as e:
         raise FeedError(str(e), document_version(doc)) from None
 
 
-def _snapshot(doc: Any) -> DesiredState:
+def _snapshot(doc: Any, current: DesiredState | None) -> DesiredState:
     if not isinstance(doc, dict):
         raise FeedError("document must be a JSON object")
     version = doc.get("version")
@@ -138,7 +147,7 @@ def _snapshot(doc: Any) -> DesiredState:
     wg_raw = doc.get("wireguard", {})
     if not isinstance(wg_raw, dict):
         raise FeedError("wireguard: must be an object")
-    wireguard = {interface_name(n): _interface(n, raw) for n, raw in wg_raw.items()}
+    wireguard = {interface_name(n): _interface(n, raw, current) for n, raw in wg_raw.items()}
     users = parse_users(doc["openvpn"]) if doc.get("openvpn") is not None else {}
     return DesiredState(version=version, wireguard=wireguard, users=users)
 
@@ -160,7 +169,9 @@ def stamp(path: str | Path) -> FileStamp | None:
     return FileStamp(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def read_file_feed(path: str | Path) -> tuple[DesiredState, FileStamp | None]:
-    """Read and validate a file feed; raises FeedError (or OSError if unreadable)."""
+def read_file_feed(
+    path: str | Path, current: DesiredState | None = None
+) -> tuple[DesiredState, FileStamp | None]:
+    """Read and validate a file feed that replaces ``current``; FeedError or OSError."""
     before = stamp(path)
-    return parse_snapshot(document_text(Path(path).read_bytes())), before
+    return parse_snapshot(document_text(Path(path).read_bytes()), current), before

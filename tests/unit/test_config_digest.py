@@ -110,6 +110,43 @@ def test_uapi_digest_ignores_activity_and_order() -> None:
         assert got == dev and got.digest == digest
 
 
+def boringtun_layout(text: str, seed: int) -> str:
+    """``text`` (wireguard-go's) as boringtun lays a reply out: no protocol version, the
+    activity after the allowed IPs, received bytes before sent; busy, by ``seed``."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    activity: list[str] = []
+    for line in text.split("\n"):
+        name, _, _ = line.partition("=")
+        if name in ("public_key", "errno") and activity:
+            out += activity
+            activity = []
+        if name == "public_key":
+            busy = rng.random() < 0.5
+            activity = [f"endpoint=203.0.113.{rng.randrange(256)}:51820"] if busy else []
+            activity += [f"{n}={rng.randrange(1 << 32) if busy else 0}" for n in VOLATILE]
+        if name != "protocol_version" and name not in VOLATILE:
+            out.append(line)
+    return "\n".join(out)
+
+
+VOLATILE = ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", "tx_bytes")
+
+
+def test_uapi_digest_ignores_activity_in_another_daemons_layout() -> None:
+    """Not wireguard-go's run of activity lines: they are cut out wherever they stand."""
+    dev = base_device()
+    text = boringtun_layout(format_get_reply(dev), 0)
+    assert "protocol_version" not in text and "\nrx_bytes=0\ntx_bytes=0\n" in text
+    digest = uapi_digest(text)
+    for seed in range(1, 4):
+        busy = boringtun_layout(format_get_reply(shuffled(dev, seed)), seed)
+        assert "endpoint=" in busy and uapi_digest(busy) == digest
+        assert uapi_text.parse_get_reply(busy)[0] == dev
+    changed = variants(dev)["port"]
+    assert uapi_digest(boringtun_layout(format_get_reply(changed), 0)) != digest
+
+
 def test_uapi_digest_follows_every_configured_field() -> None:
     dev = base_device()
     seen = {uapi_digest(format_get_reply(dev)): "base"}

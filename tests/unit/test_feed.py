@@ -76,7 +76,8 @@ def test_peers_read_in_passes_are_each_item_read_alone() -> None:
         if i % 3 == 0:
             item["preshared_key"] = format_key(key("twopsk", i))
         if i % 4 == 1:
-            item["expires_at"] = f"2027-01-{1 + i % 28:02d}T00:00:00Z"
+            zone = ("Z", "+02:00", "-09:30")[i % 3]
+            item["expires_at"] = f"2027-01-{1 + i % 28:02d}T00:00:00.{i:06d}{zone}"
         items.append(item)
     wg0 = parse_snapshot(doc(items)).wireguard["wg0"]
     alone = [parse_peer("x", item) for item in items]
@@ -84,6 +85,46 @@ def test_peers_read_in_passes_are_each_item_read_alone() -> None:
     assert wg0.expires == {peer.public_key: t for peer, t in alone if t is not None}
     assert len(wg0.expires) == 10
     assert sum(p.preshared_key is not None for p in wg0.peers.values()) == 14
+
+
+def test_a_new_snapshot_shares_the_unchanged_peers_of_the_state_it_replaces() -> None:
+    """Equal peers are the held ones; a changed route or preshared key makes a new one."""
+    items = [
+        {"public_key": format_key(key("s", i)), "allowed_ips": [f"10.7.0.{i}/32"]} for i in range(6)
+    ]
+    before = parse_snapshot(doc(items))
+    items[1]["allowed_ips"] = ["10.7.1.1/32"]
+    items[2]["preshared_key"] = PSK
+    items[3] = {"public_key": format_key(key("s", 99)), "allowed_ips": ["10.7.0.3/32"]}
+    text = doc(items)
+    after = parse_snapshot(text, before).wireguard["wg0"].peers
+    held = before.wireguard["wg0"].peers
+    assert after == parse_snapshot(text).wireguard["wg0"].peers
+    same = [k for k, peer in after.items() if held.get(k) is peer]
+    assert same == [key("s", i) for i in (0, 4, 5)]
+    assert all(k is held[k].public_key for k in same)
+    # Another interface's peers are not this one's, even with the same keys.
+    other = json.loads(text)
+    other["wireguard"] = {"wg1": other["wireguard"]["wg0"]}
+    wg1 = parse_snapshot(json.dumps(other), before).wireguard["wg1"].peers
+    assert wg1 == after and not {id(peer) for peer in wg1.values()} & {id(p) for p in held.values()}
+
+
+def test_expiries_beyond_what_utc_holds_are_kept_at_its_ends() -> None:
+    """Year 1 an hour east of UTC is before datetime.min in UTC: kept as that, still past."""
+    first, last = format_key(key("e", 1)), format_key(key("e", 2))
+    state = parse_snapshot(
+        doc(
+            [
+                {"public_key": first, "expires_at": "0001-01-01T00:00:00+01:00"},
+                {"public_key": last, "expires_at": "9999-12-31T23:59:59.999999-01:00"},
+            ]
+        )
+    )
+    expires = state.wireguard["wg0"].expires
+    assert expires[key("e", 1)] == datetime.min.replace(tzinfo=UTC)
+    assert expires[key("e", 2)] == datetime.max.replace(tzinfo=UTC)
+    assert list(state.wireguard["wg0"].active(datetime(2026, 6, 1, tzinfo=UTC))) == [key("e", 2)]
 
 
 def test_a_peer_may_route_many_thousands_of_networks() -> None:
@@ -144,6 +185,20 @@ BAD = [
         ]
     ],
     ("user expiry", doc([], [{**GOOD_USER, "expires_at": "2027-13-01T00:00:00Z"}]), "expires_at"),
+    # The decoder packs each valid peer object as it meets it, wherever it is.
+    ("peer as a user", doc([], [{"public_key": K1}]), "openvpn.users[0]: must be a user object"),
+    ("peer as a route", doc([{"public_key": K1, "allowed_ips": [{"public_key": K2}]}]), "ips[0]"),
+    (
+        "peer as interface",
+        json.dumps({"version": "1", "full": True, "wireguard": {"wg0": {"public_key": K1}}}),
+        "wireguard.wg0: must be an object with a peers list",
+    ),
+    ("peer as document", json.dumps({"public_key": K1}), "document must be a JSON object"),
+    (
+        "peer as openvpn",
+        json.dumps({"version": "1", "full": True, "openvpn": {"public_key": K1}}),
+        "openvpn: must be an object with a users list",
+    ),
 ]
 
 

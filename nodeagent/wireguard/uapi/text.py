@@ -69,6 +69,20 @@ _VOLATILE = re.compile(
     # alternation and the possessive tail make the scan of 20 MB about a fifth faster.
     r"\n(?:endpoint|last_handshake_time_n?sec|[rt]x_bytes)=[^\n]*+"
 )
+# wireguard-go writes a peer's activity as one run of lines after its protocol
+# version, the same for every peer; for a peer that has had none, always this text.
+_QUIET = (
+    "version=1\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n"
+)
+# Such a run that is not the quiet one: rewritten as the quiet one. The literal start
+# lets the scan skip from one "version=1" to the next, and a reply whose peers are all
+# quiet is not copied at all: 26 ms at 100,000 peers, where cutting the lines out
+# of every peer took 100.
+_ACTIVE = re.compile(
+    r"version=1\n(?!" + re.escape(_QUIET[len("version=1\n") :]) + r")"
+    r"(?:endpoint=[^\n]*+\n)?last_handshake_time_sec=[^\n]*+\nlast_handshake_time_nsec=[^\n]*+\n"
+    r"tx_bytes=[^\n]*+\nrx_bytes=[^\n]*+\n"
+)
 _PEER_START = "public_key="
 
 
@@ -81,28 +95,46 @@ def digest_segments(segments: Iterable[str]) -> tuple[int, int]:
     """:func:`reply_digest` of a reply given as :func:`segments.peer_segments` cut it.
 
     Nothing is decoded, and everything runs at C speed, a segment at a time:
-    the activity lines are cut out with one regular expression, the rest is
-    split where a peer starts, and the ``hash()`` of each piece is summed
-    (modulo 2**64), so the order of the peers (wireguard-go lists them in Go's
-    random map order) and where the segments were cut do not matter (a
-    segment's empty piece before its first peer counts ``hash("") == 0``).
-    The first piece is the device's own lines (private key, port). Any
-    difference in a peer's lines changes the digest, also one the parser would
-    not mind, which only ever leads to a full read. The ending and the errno
-    line are checked as :func:`split_reply` checks them.
+    each peer's activity lines are made alike, the text is split where a peer
+    starts, and the ``hash()`` of each piece is summed (modulo 2**64), so the
+    order of the peers (wireguard-go lists them in Go's random map order) and
+    where the segments were cut do not matter (a segment's empty piece before
+    its first peer counts ``hash("") == 0``). The first piece is the device's
+    own lines (private key, port). Any difference in a peer's lines changes
+    the digest, also one the parser would not mind, which only ever leads to
+    a full read. The ending and the errno line are checked as
+    :func:`split_reply` checks them.
+
+    Activity lines are made alike in one of two ways, chosen by the first
+    peer: in wireguard-go's layout (the first peer's activity run is where
+    wireguard-go writes it) each peer's run is rewritten as the quiet one,
+    and a reply of quiet peers is not even copied; in another daemon's, the
+    activity lines are cut out. Either way only activity lines are touched,
+    never configuration: a peer not in the chosen layout keeps its activity
+    in its piece, which only makes the digest change with it, and so leads
+    to a full read.
     """
     total = 0
     first = True
+    wireguard_go: bool | None = None  # the layout, once a peer is seen
     for segment, last in with_last(segments):
         if last:
             cut, errno = _reply_end(segment)
             if errno:
                 return 0, errno
-        parts = _VOLATILE.sub("", segment).split(PEER_MARK)
+        quiet = _ACTIVE.sub(_QUIET, segment)
+        parts = quiet.split(PEER_MARK)
+        peers_only = first and parts[0].startswith(_PEER_START)  # no device lines
+        if wireguard_go is None and len(parts) > 1 - peers_only:
+            wireguard_go = _QUIET in parts[1 - peers_only]  # the reply's first peer
+        if not wireguard_go:
+            parts = _VOLATILE.sub("", quiet).split(PEER_MARK)
+        elif first and not peers_only:
+            parts[0] = _VOLATILE.sub("", parts[0])  # the device's lines: cut out as ever
         if last:
-            # The errno line and the blank line end the last piece (the sub leaves them be).
+            # The errno line and the blank line end the last piece (the subs leave them be).
             parts[-1] = parts[-1][: cut - len(segment)] if cut >= 0 else ""
-        if first and parts[0].startswith(_PEER_START):
+        if peers_only:
             # No device lines: the first piece is a peer's, cut like the others (an
             # absent device piece counts as hash("") == 0 would).
             parts[0] = parts[0][len(_PEER_START) :]

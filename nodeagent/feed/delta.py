@@ -88,7 +88,7 @@ def _version(doc: Mapping[str, Any], key: str) -> str:
 
 def _change_object(where: str, raw: Any) -> tuple[list[Any], list[Any]]:
     if not isinstance(raw, dict):
-        raise FeedError(f"{where}: must be an object")
+        raise FeedError(f"{where}: must be an object of upsert and remove lists")
     if raw.keys() - _CHANGE_KEYS:
         raise FeedError(f"{where}: unknown field")
     upsert, remove = raw.get("upsert", []), raw.get("remove", [])
@@ -151,7 +151,7 @@ def delta_from_doc(doc: Any) -> Delta:
 
 def _delta(doc: Any) -> Delta:
     if not isinstance(doc, dict):
-        raise FeedError("document must be a JSON object")
+        raise FeedError("document must be a feed document (a JSON object)")
     if doc.get("full") is not False:
         raise FeedError("full: a delta must have full: false")
     if doc.keys() - _DELTA_KEYS:
@@ -159,7 +159,7 @@ def _delta(doc: Any) -> Delta:
     version, since = _version(doc, "version"), _version(doc, "since")
     wg_raw = doc.get("wireguard", {})
     if not isinstance(wg_raw, dict):
-        raise FeedError("wireguard: must be an object")
+        raise FeedError("wireguard: must be an object of interfaces")
     wireguard = {interface_name(n): _interface_delta(n, raw) for n, raw in wg_raw.items()}
     user_upsert: dict[str, User] = {}
     user_remove: frozenset[str] = frozenset()

@@ -138,7 +138,7 @@ def snapshot_from_doc(doc: Any, current: DesiredState | None = None) -> DesiredS
 
 def _snapshot(doc: Any, current: DesiredState | None) -> DesiredState:
     if not isinstance(doc, dict):
-        raise FeedError("document must be a JSON object")
+        raise FeedError("document must be a feed document (a JSON object)")
     version = doc.get("version")
     if not isinstance(version, str) or not version or len(version) > 256:
         raise FeedError("version: must be a non-empty string")
@@ -146,7 +146,7 @@ def _snapshot(doc: Any, current: DesiredState | None) -> DesiredState:
         raise FeedError("full: a snapshot must have full: true")
     wg_raw = doc.get("wireguard", {})
     if not isinstance(wg_raw, dict):
-        raise FeedError("wireguard: must be an object")
+        raise FeedError("wireguard: must be an object of interfaces")
     wireguard = {interface_name(n): _interface(n, raw, current) for n, raw in wg_raw.items()}
     users = parse_users(doc["openvpn"]) if doc.get("openvpn") is not None else {}
     return DesiredState(version=version, wireguard=wireguard, users=users)

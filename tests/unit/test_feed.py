@@ -193,7 +193,12 @@ BAD = [
         json.dumps({"version": "1", "full": True, "wireguard": {"wg0": {"public_key": K1}}}),
         "wireguard.wg0: must be an object with a peers list",
     ),
-    ("peer as document", json.dumps({"public_key": K1}), "document must be a JSON object"),
+    ("peer as document", json.dumps({"public_key": K1}), "document must be a feed document"),
+    (
+        "peer as wireguard",
+        json.dumps({"version": "1", "full": True, "wireguard": {"public_key": K1}}),
+        "wireguard: must be an object of interfaces",
+    ),
     (
         "peer as openvpn",
         json.dumps({"version": "1", "full": True, "openvpn": {"public_key": K1}}),

@@ -160,11 +160,12 @@ BAD_IP_UPSERT = {"public_key": K[2], "allowed_ips": ["10.8.0.2/32"]}
 
 REJECTED: list[tuple[str, str, str]] = [
     ("not json", '{"version": "v2", "full": false,', "not valid JSON"),
-    ("a list", "[]", "document must be a JSON object"),
+    ("a list", "[]", "document must be a feed document"),
     ("full not bool", json.dumps({"version": "v2", "full": "no", "since": "v1"}), "full:"),
     ("no since", json.dumps({"version": "v2", "full": False}), "since:"),
     ("unknown top", delta(extra=1), "document: unknown field"),
-    ("iface not obj", delta({"wg0": []}), "wireguard.wg0: must be an object"),
+    ("iface not obj", delta({"wg0": []}), "wireguard.wg0: must be an object of upsert and remove"),
+    ("iface a peer", delta({"wg0": {"public_key": K[0]}}), "wg0: must be an object of upsert"),
     ("unknown change", delta({"wg0": {"add": []}}), "wireguard.wg0: unknown field"),
     ("upsert not list", delta({"wg0": {"upsert": {}}}), "wireguard.wg0.upsert: must be a list"),
     (

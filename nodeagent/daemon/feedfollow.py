@@ -16,6 +16,7 @@ from typing import Any
 
 from nodeagent.config.agent import FeedConfig
 from nodeagent.core.model import DesiredState
+from nodeagent.core.ticks import until_next_tick
 from nodeagent.daemon.service import TaskService
 from nodeagent.feed.http import HttpFeed
 from nodeagent.feed.snapshot import FeedError, FileStamp, read_file_feed, stamp
@@ -123,7 +124,7 @@ class FeedFollower(TaskService):
                 current = stamp(path)
                 if current != self._stamp:
                     await self._load_file(path)
-            await asyncio.sleep(FEED_POLL_SECONDS)
+            await until_next_tick(FEED_POLL_SECONDS)
 
     async def _load_file(self, path: str) -> None:
         try:

@@ -25,6 +25,7 @@ from nodeagent.core.backend import Backend
 from nodeagent.core.backoff import Backoff, Retries
 from nodeagent.core.model import DesiredState, Peer
 from nodeagent.core.sync import SyncOutcome
+from nodeagent.core.ticks import until_next_tick
 from nodeagent.daemon.memory import release_free_memory
 from nodeagent.daemon.reconcile import (
     BackendFactory,
@@ -175,7 +176,7 @@ class Reconciler(TaskService):
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(PRESENCE_CHECK_SECONDS)
+            await until_next_tick(PRESENCE_CHECK_SECONDS)
             for name, backend in list(self._interfaces.backends.items()):
                 if name not in self._presence:
                     continue  # not passed over yet

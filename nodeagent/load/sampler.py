@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from nodeagent.config.agent import LoadConfig
+from nodeagent.core.ticks import next_tick
 from nodeagent.load.counters import CounterError, LinkCounters, LinkReader, link_speed_bps
 from nodeagent.load.cpu import CpuMeter
 from nodeagent.load.meter import LoadReport, Meter, MeterConfig, Sample
@@ -102,17 +103,16 @@ class LoadSampler:
         return report
 
     async def run(self) -> None:
-        """Sample forever on a fixed schedule (a slow sample does not shift the next ones)."""
+        """Sample now, then at each multiple of the interval on the clock (``core.ticks``).
+
+        A slow sample does not shift the next ones, and one that overran a
+        tick (suspended, overloaded) waits for the next rather than bursting.
+        """
         interval = self.config.sample_interval
-        next_at = self._clock()
         try:
             while True:
                 await self.sample_once()
-                next_at += interval
                 now = self._clock()
-                if next_at < now:
-                    # Fell behind (suspended, overloaded): start afresh rather than burst.
-                    next_at = now + interval
-                await self._sleep(next_at - now)
+                await self._sleep(next_tick(now, interval) - now)
         finally:
             self._reader.close()

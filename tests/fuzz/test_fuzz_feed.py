@@ -44,6 +44,24 @@ def test_snapshot_shaped(data: bytes) -> None:
     parse(data)
 
 
+@target(200)
+@given(encoded(snapshot_doc), encoded(snapshot_doc))
+def test_a_snapshot_read_over_another_is_read_alone(before: bytes, data: bytes) -> None:
+    """Sharing the current state's unchanged peers changes nothing in the outcome."""
+    alone = ended_well(lambda: parse_snapshot(data), FeedError, source=data)
+    try:
+        current = parse_snapshot(before)
+    except FeedError:
+        return
+    over = ended_well(lambda: parse_snapshot(data, current), FeedError, source=data)
+    if isinstance(alone, FeedError):
+        assert isinstance(over, FeedError) and str(over) == str(alone)
+        return
+    assert over == alone  # peers, expiries and users
+    for name, wg in over.wireguard.items():
+        assert list(wg.peers) == list(alone.wireguard[name].peers)
+
+
 @pytest.mark.parametrize("data", DEEP, ids=range(len(DEEP)))
 def test_deep_nesting(data: bytes) -> None:
     result = ended_well(lambda: parse_snapshot(data), FeedError, source=data)

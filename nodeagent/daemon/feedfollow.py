@@ -16,8 +16,7 @@ from typing import Any
 
 from nodeagent.config.agent import FeedConfig
 from nodeagent.core.model import DesiredState
-from nodeagent.core.ticks import until_next_tick
-from nodeagent.daemon.service import TaskService
+from nodeagent.daemon.service import TaskService, until_next_tick
 from nodeagent.feed.http import HttpFeed
 from nodeagent.feed.snapshot import FeedError, FileStamp, read_file_feed, stamp
 from nodeagent.publish.metrics import feed_age

@@ -25,7 +25,6 @@ from nodeagent.core.backend import Backend
 from nodeagent.core.backoff import Backoff, Retries
 from nodeagent.core.model import DesiredState, Peer
 from nodeagent.core.sync import SyncOutcome
-from nodeagent.core.ticks import until_next_tick
 from nodeagent.daemon.memory import release_free_memory
 from nodeagent.daemon.reconcile import (
     BackendFactory,
@@ -34,7 +33,7 @@ from nodeagent.daemon.reconcile import (
     reconcile_all,
     setup_for,
 )
-from nodeagent.daemon.service import TaskService
+from nodeagent.daemon.service import TaskService, until_next_tick
 from nodeagent.daemon.turns import BackendTurns, TurnsStopped, close_quietly
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.publish.metrics import AgentMetrics

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from nodeagent.core.backoff import Backoff, Retries
+from nodeagent.core.ticks import next_tick
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +189,9 @@ class Supervisor:
         self._restarting.clear()
         services, self._services = list(self._services.values()), {}
         await asyncio.gather(*(s.stop() for s in reversed(services)), return_exceptions=True)
+
+
+async def until_next_tick(interval: float) -> None:
+    """Sleep until the next multiple of ``interval`` on the event loop's clock (``core.ticks``)."""
+    now = asyncio.get_running_loop().time()
+    await asyncio.sleep(next_tick(now, interval) - now)

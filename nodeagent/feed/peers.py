@@ -54,6 +54,11 @@ class PeerItem(bytes):
 
     __slots__ = ()
 
+    def __repr__(self) -> str:  # bytes would show the keys
+        return "PeerItem(<redacted>)"
+
+    __str__ = __repr__
+
 
 def interface_name(name: object) -> str:
     """A feed's interface key, if it is an interface name the agent accepts; FeedError otherwise."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nodeagent.core.model import AllowedIP, allowed_ips, format_key
-from nodeagent.feed.peers import parse_peer
+from nodeagent.feed.peers import parse_peer, peer_item
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
 
@@ -108,6 +108,14 @@ def test_a_new_snapshot_shares_the_unchanged_peers_of_the_state_it_replaces() ->
     other["wireguard"] = {"wg1": other["wireguard"]["wg0"]}
     wg1 = parse_snapshot(json.dumps(other), before).wireguard["wg1"].peers
     assert wg1 == after and not {id(peer) for peer in wg1.values()} & {id(p) for p in held.values()}
+
+
+def test_a_packed_peer_shows_no_key() -> None:
+    item = peer_item({"public_key": K1, "preshared_key": PSK, "allowed_ips": ["10.8.0.2/32"]})
+    assert isinstance(item, bytes)
+    for shown in (repr(item), str(item), f"{item}", repr([item])):
+        assert shown.count("PeerItem(<redacted>)") == 1
+        assert key("f", 1) not in shown.encode("latin-1") and "\\x" not in shown
 
 
 def test_expiries_beyond_what_utc_holds_are_kept_at_its_ends() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.core.ticks import next_tick, until_next_tick
+from nodeagent.core.ticks import next_tick
+from nodeagent.daemon.service import until_next_tick
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 import pytest
 
 from nodeagent.core.backend import Backend
-from nodeagent.core.model import AllowedIP, Peer, Plan
+from nodeagent.core.model import Peer, Plan
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 
 from .peerdata import key, make_peers, v4, wide_peer
 

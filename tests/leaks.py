@@ -34,8 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from nodeagent.core.model import AllowedIP, Peer, format_key
+from nodeagent.core.model import Peer, format_key
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.lab.netns import Namespace
 from nodeagent.wireguard import Backend, BackendError
 from tests.daemon import free_port

@@ -9,7 +9,8 @@ import socket
 import struct
 from pathlib import Path
 
-from nodeagent.core.model import AllowedIP, AllowedIPs, Peer, format_key
+from nodeagent.core.model import Peer, format_key
+from nodeagent.core.routes import AllowedIP, AllowedIPs
 
 
 def key(tag: str, i: int) -> bytes:

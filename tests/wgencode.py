@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from nodeagent.core.model import ZERO_KEY, AllowedIP, Device
+from nodeagent.core.model import ZERO_KEY, Device
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import socket
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+
+from nodeagent.core.routes import AllowedIP, AllowedIPs
 
 KEY_LEN = 32
 ZERO_KEY = bytes(KEY_LEN)
@@ -35,168 +35,6 @@ def parse_key(text: str) -> bytes:
 def format_key(key: bytes) -> str:
     """Base64 text of a key, as ``wg`` writes it."""
     return base64.b64encode(key).decode("ascii")
-
-
-class AllowedIP(NamedTuple):
-    """A network routed to a peer: packed address (4 or 16 bytes, host bits zero) and prefix."""
-
-    address: bytes
-    cidr: int
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET if len(self.address) == 4 else socket.AF_INET6
-
-    @classmethod
-    def parse(cls, text: str) -> AllowedIP:
-        """Parse ``10.8.0.2/32`` or ``fd00::2/128``; ValueError if host bits are set."""
-        return cls(*_parse_network(text))
-
-    def __str__(self) -> str:
-        return f"{socket.inet_ntop(self.family, self.address)}/{self.cidr}"
-
-    def __repr__(self) -> str:
-        return "AllowedIP(<redacted>)"
-
-
-def _parse_network(text: str) -> tuple[bytes, int]:
-    """The packed address and prefix length of ``10.8.0.2/32`` or ``fd00::2/128``."""
-    if not isinstance(text, str):
-        raise ValueError("allowed IP is not a string")
-    addr_text, slash, cidr_text = text.partition("/")
-    family = socket.AF_INET6 if ":" in addr_text else socket.AF_INET
-    try:
-        packed = socket.inet_pton(family, addr_text)
-    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, quoted in its text
-        raise ValueError("allowed IP is not an IP network") from None
-    bits = len(packed) * 8
-    if not slash:
-        cidr = bits
-    elif cidr_text.isdigit() and len(cidr_text) <= 3 and int(cidr_text) <= bits:
-        cidr = int(cidr_text)
-    else:
-        raise ValueError("allowed IP has a bad prefix length")
-    host_mask = (1 << (bits - cidr)) - 1
-    if int.from_bytes(packed, "big") & host_mask:
-        raise ValueError("allowed IP has host bits set")
-    return packed, cidr
-
-
-def parse_packed_ip(text: str) -> bytes:
-    """``AllowedIP.parse(text)`` as a packed route of :class:`AllowedIPs`, without the tuple."""
-    packed, cidr = _parse_network(text)
-    return _HEADS[len(packed)][cidr] + packed
-
-
-class AllowedIPs(Collection[AllowedIP]):
-    """A peer's routes, canonical (sorted, each once), packed into one ``bytes``.
-
-    A million peers are held at once: this takes about 110 bytes for the usual
-    one or two routes, where a frozenset of ``AllowedIP`` tuples and their
-    address ``bytes`` took 400-500. Each route is packed as address length,
-    prefix length, address; the routes are sorted by that packing, so equal
-    sets are equal bytes. Iterating yields ``AllowedIP`` values.
-    """
-
-    __slots__ = ("packed",)
-    packed: bytes
-
-    def __new__(cls, ips: Iterable[AllowedIP] = ()) -> AllowedIPs:
-        if type(ips) is AllowedIPs:
-            return ips
-        self = object.__new__(cls)
-        self.packed = b"".join(sorted({_pack(ip) for ip in ips}))
-        return self
-
-    @classmethod
-    def canonical(cls, packed: bytes) -> AllowedIPs:
-        """The routes packed as ``packed``, already canonical (another ``AllowedIPs``'s)."""
-        self = object.__new__(cls)
-        self.packed = packed
-        return self
-
-    @classmethod
-    def from_packed(cls, entries: list[bytes]) -> AllowedIPs:
-        """From routes already packed (a decoder's), in any order, maybe repeated.
-
-        Each entry must be well formed: a length of 4 or 16, a prefix length
-        within it, that many address bytes (the decoder has checked them).
-        """
-        self = object.__new__(cls)
-        self.packed = entries[0] if len(entries) == 1 else b"".join(sorted(set(entries)))
-        return self
-
-    def __iter__(self) -> Iterator[AllowedIP]:
-        raw = self.packed
-        pos, end = 0, len(raw)
-        while pos < end:
-            n = raw[pos]
-            yield AllowedIP(raw[pos + 2 : pos + 2 + n], raw[pos + 1])
-            pos += 2 + n
-
-    def __len__(self) -> int:
-        raw = self.packed
-        count = pos = 0
-        while pos < len(raw):
-            pos += 2 + raw[pos]
-            count += 1
-        return count
-
-    def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, AllowedIP) and _pack(ip) in set(route_entries(self.packed))
-
-    def entries(self) -> Iterator[bytes]:
-        """Each route packed (address length, prefix length, address): cheaper than iterating."""
-        return route_entries(self.packed)
-
-    def shares(self, entries: Collection[bytes]) -> bool:
-        """Whether any of ``entries`` (packed routes, as :meth:`entries` yields) is one of these."""
-        return routes_share(self.packed, entries)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is AllowedIPs and self.packed == other.packed
-
-    def __hash__(self) -> int:
-        return hash(self.packed)
-
-    def __repr__(self) -> str:
-        return f"AllowedIPs(<{len(self)} redacted>)"
-
-
-def routes_share(packed: bytes, entries: Collection[bytes]) -> bool:
-    """Whether any of ``entries`` (routes packed one by one) is among the routes ``packed``.
-
-    Runs over every peer of an interface for each delta (on ``Peer.routes``, no
-    ``AllowedIPs`` made), so a few wanted routes are first looked for as
-    substrings, in C; a hit is confirmed entry by entry (a substring may
-    straddle two routes).
-    """
-    if len(entries) <= 4 and not any(e in packed for e in entries):
-        return False
-    return not set(route_entries(packed)).isdisjoint(entries)
-
-
-def route_entries(raw: bytes) -> Iterator[bytes]:
-    """Each route of ``raw`` (as ``AllowedIPs.packed``), packed on its own."""
-    pos = 0
-    while pos < len(raw):
-        n = raw[pos]
-        yield raw[pos : pos + 2 + n]
-        pos += 2 + n
-
-
-def _pack(ip: AllowedIP) -> bytes:
-    address, cidr = ip
-    return _HEADS[len(address)][cidr] + address
-
-
-# The two leading bytes of a packed route, by address length and prefix length.
-_HEADS = {4: [bytes((4, c)) for c in range(256)], 16: [bytes((16, c)) for c in range(256)]}
-
-
-def allowed_ips(ips: Iterable[AllowedIP]) -> AllowedIPs:
-    """The canonical form of a set of routes: sorted, without duplicates."""
-    return AllowedIPs(ips)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -227,6 +65,16 @@ class Peer:
         setattr_(self, "routes", AllowedIPs(allowed_ips).packed)
         setattr_(self, "preshared_key", preshared_key)
 
+    @classmethod
+    def of_routes(cls, public_key: bytes, routes: bytes, preshared_key: bytes | None) -> Peer:
+        """The peer of ``routes`` already packed as ``AllowedIPs.packed`` (canonical)."""
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "public_key", public_key)
+        setattr_(self, "routes", routes)
+        setattr_(self, "preshared_key", preshared_key)
+        return self
+
     @property
     def allowed_ips(self) -> AllowedIPs:
         return AllowedIPs.canonical(self.routes)
@@ -234,6 +82,119 @@ class Peer:
     def __repr__(self) -> str:
         psk = ", psk" if self.preshared_key else ""
         return f"Peer(<redacted>, {len(self.allowed_ips)} allowed ips{psk})"
+
+
+def peer_record(routes: bytes, preshared_key: bytes | None) -> bytes:
+    """A peer's preshared key and routes as one :class:`PeerTable` record.
+
+    One flag byte (1: a preshared key follows), the preshared key if any, then
+    the routes packed as ``AllowedIPs.packed``. Equal records are equal peers
+    (under the same key).
+    """
+    if preshared_key is None:
+        return b"\x00" + routes
+    return b"\x01" + preshared_key + routes
+
+
+def record_routes(record: bytes) -> bytes:
+    """The packed routes of a :func:`peer_record`."""
+    return record[1 + KEY_LEN :] if record[0] else record[1:]
+
+
+def record_preshared_key(record: bytes) -> bytes | None:
+    """The preshared key of a :func:`peer_record`, if it has one."""
+    return record[1 : 1 + KEY_LEN] if record[0] else None
+
+
+def peer_of_record(public_key: bytes, record: bytes) -> Peer:
+    """The ``Peer`` a :func:`peer_record` stands for."""
+    if record[0]:
+        return Peer.of_routes(public_key, record[1 + KEY_LEN :], record[1 : 1 + KEY_LEN])
+    return Peer.of_routes(public_key, record[1:], None)
+
+
+class PeerTable(Mapping[bytes, Peer]):
+    """Peers by public key, held as one ``bytes`` record each: no ``Peer`` stands around them.
+
+    A million peers are held at once, in the feed's state and as what each
+    interface holds. A ``dict`` of ``Peer`` values took about 280 bytes a peer
+    (the key, the ``Peer``, its routes, its preshared key, the dict's slot);
+    this takes about 200: the key, one record (:func:`peer_record`) and the
+    slot. A ``Peer`` is made when one is asked for, so ``table[key] is
+    table[key]`` does not hold; compare peers with ``==``. ``records`` maps
+    each key to its record; records of unchanged peers are shared between the
+    tables of successive states, and a table is never modified once made.
+    """
+
+    __slots__ = ("records",)
+    records: dict[bytes, bytes]
+
+    def __init__(self, peers: Iterable[Peer] = ()) -> None:
+        self.records = {p.public_key: peer_record(p.routes, p.preshared_key) for p in peers}
+
+    @classmethod
+    def of_records(cls, records: dict[bytes, bytes]) -> PeerTable:
+        """The table of ``records`` (key to :func:`peer_record`), which it takes over."""
+        self = object.__new__(cls)
+        self.records = records
+        return self
+
+    def __getitem__(self, key: bytes) -> Peer:
+        return peer_of_record(key, self.records[key])
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.records
+
+    def items(self) -> ItemsView[bytes, Peer]:
+        return _TableItems(self)
+
+    def values(self) -> ValuesView[Peer]:
+        return _TableValues(self)
+
+    def without(self, keys: Iterable[bytes]) -> PeerTable:
+        """This table less the peers of ``keys`` (a new table; keys it lacks are ignored)."""
+        records = dict(self.records)
+        for key in keys:
+            records.pop(key, None)
+        return PeerTable.of_records(records)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PeerTable):
+            return self.records == other.records
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping: equal by content
+
+    def __repr__(self) -> str:
+        return f"PeerTable(<{len(self.records)} peers>)"
+
+
+class _TableItems(ItemsView[bytes, Peer]):
+    """A table's items, each ``Peer`` made from its record as the iteration reaches it."""
+
+    def __init__(self, table: PeerTable) -> None:
+        super().__init__(table)
+        self._records = table.records
+
+    def __iter__(self) -> Iterator[tuple[bytes, Peer]]:
+        for key, record in self._records.items():
+            yield key, peer_of_record(key, record)
+
+
+class _TableValues(ValuesView[Peer]):
+    def __init__(self, table: PeerTable) -> None:
+        super().__init__(table)
+        self._records = table.records
+
+    def __iter__(self) -> Iterator[Peer]:
+        for key, record in self._records.items():
+            yield peer_of_record(key, record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +284,16 @@ class DesiredInterface:
     def active(self, now: datetime) -> Mapping[bytes, Peer]:
         """The peers that are desired at ``now``: expired ones are left out.
 
-        Without expiry times this is ``peers`` itself, not a copy: the
-        reconciler may then hold that very mapping as the interface's state
-        (one dict for a million peers, not two). Never modify it.
+        Without expiry times, or a :class:`PeerTable` none of whose peers has
+        expired, this is ``peers`` itself, not a copy: the reconciler may then
+        hold that very mapping as the interface's state (one table for a
+        million peers, not two). Never modify it.
         """
         if not self.expires:
             return self.peers
+        if isinstance(self.peers, PeerTable):
+            expired = [key for key, t in self.expires.items() if t <= now]
+            return self.peers.without(expired) if expired else self.peers
         return {
             key: peer
             for key, peer in self.peers.items()

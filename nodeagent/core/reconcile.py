@@ -6,10 +6,20 @@ already match are never sent, so established sessions are never disturbed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
 
-from nodeagent.core.model import Peer, PeerUpdate, Plan
+from nodeagent.core.model import (
+    Peer,
+    PeerTable,
+    PeerUpdate,
+    Plan,
+    peer_of_record,
+    peer_record,
+    record_preshared_key,
+    record_routes,
+)
+from nodeagent.core.routes import AllowedIPs
 
 _BY_KEY = attrgetter("public_key")
 
@@ -19,6 +29,8 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
     if desired is actual:
         # A pass with nothing new holds the feed's own mapping as the interface's state.
         return Plan()
+    if isinstance(desired, PeerTable):
+        return _plan_records(desired.records, actual)
     add: list[Peer] = []
     update: list[PeerUpdate] = []
     get = actual.get
@@ -51,8 +63,44 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
     return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
 
 
-def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
-    """The peers an interface holds once ``p`` is applied to ``actual``: a backend's model."""
+def _plan_records(desired: Mapping[bytes, bytes], actual: Mapping[bytes, Peer]) -> Plan:
+    """:func:`plan` of a :class:`PeerTable`'s records: a ``Peer`` made only for a change."""
+    get = actual.records.get if isinstance(actual, PeerTable) else _record_getter(actual)
+    add: list[Peer] = []
+    update: list[PeerUpdate] = []
+    for key, want in desired.items():
+        have = get(key)
+        if have == want:  # shared, or equal: the same peer
+            continue
+        if have is None:
+            add.append(peer_of_record(key, want))
+            continue
+        routes, psk = record_routes(want), record_preshared_key(want)
+        ips_differ = routes != record_routes(have)
+        psk_differs = psk != record_preshared_key(have)
+        update.append(
+            PeerUpdate(
+                public_key=key,
+                allowed_ips=AllowedIPs.canonical(routes) if ips_differ else None,
+                change_preshared_key=psk_differs,
+                preshared_key=psk if psk_differs else None,
+            )
+        )
+    remove = [key for key in actual if key not in desired]
+    add.sort(key=_BY_KEY)
+    update.sort(key=_BY_KEY)
+    remove.sort()
+    return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
+
+
+def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> Mapping[bytes, Peer]:
+    """The peers an interface holds once ``p`` is applied to ``actual``: a backend's model.
+
+    A :class:`PeerTable` gives a table (the records of the peers ``p`` leaves
+    alone shared), any other mapping a ``dict``.
+    """
+    if isinstance(actual, PeerTable):
+        return _apply_to_records(actual.records, p)
     result = dict(actual)
     for peer in p.add:
         result[peer.public_key] = peer
@@ -68,6 +116,20 @@ def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> dict[bytes, Peer]:
     return result
 
 
+def _apply_to_records(actual: Mapping[bytes, bytes], p: Plan) -> PeerTable:
+    records = dict(actual)
+    for peer in p.add:
+        records[peer.public_key] = peer_record(peer.routes, peer.preshared_key)
+    for u in p.update:
+        old = records[u.public_key]
+        routes = record_routes(old) if u.allowed_ips is None else u.allowed_ips.packed
+        psk = u.preshared_key if u.change_preshared_key else record_preshared_key(old)
+        records[u.public_key] = peer_record(routes, psk)
+    for key in p.remove:
+        records.pop(key, None)
+    return PeerTable.of_records(records)
+
+
 def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Mapping[bytes, Peer]:
     """``held`` with each peer equal to the desired one of its key replaced by that very object.
 
@@ -80,6 +142,8 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
     """
     if held is desired:
         return desired
+    if isinstance(desired, PeerTable):
+        return _share_records(held, desired)
     get = desired.get
     if len(held) == len(desired):
         for key, have in held.items():
@@ -119,3 +183,33 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
         else:
             out[key] = have
     return out
+
+
+def _share_records(held: Mapping[bytes, Peer], desired: PeerTable) -> PeerTable:
+    """:func:`share_equal` with a :class:`PeerTable` desired: a table, sharing its records."""
+    get = desired.records.get
+    if len(held) == len(desired) and all(get(k) == record for k, record in _records(held)):
+        return desired
+    shared: dict[bytes, bytes] = {}
+    for key, record in _records(held):
+        theirs = get(key)
+        shared[key] = theirs if theirs is not None and theirs == record else record
+    return PeerTable.of_records(shared)
+
+
+def _records(peers: Mapping[bytes, Peer]) -> Iterable[tuple[bytes, bytes]]:
+    """Each key of ``peers`` with its peer's record, made as the iteration reaches it."""
+    if isinstance(peers, PeerTable):
+        return peers.records.items()
+    return ((key, peer_record(p.routes, p.preshared_key)) for key, p in peers.items())
+
+
+def _record_getter(peers: Mapping[bytes, Peer]) -> Callable[[bytes], bytes | None]:
+    """A lookup of the record of the peer of a key in ``peers`` (a read-back's), or None."""
+    get = peers.get
+
+    def record(key: bytes) -> bytes | None:
+        peer = get(key)
+        return None if peer is None else peer_record(peer.routes, peer.preshared_key)
+
+    return record

@@ -17,18 +17,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import attrgetter
 from typing import Any, NamedTuple
 
 from nodeagent.core.model import (
     DesiredInterface,
     DesiredState,
     Peer,
+    PeerTable,
     User,
     parse_key,
-    route_entries,
-    routes_share,
+    peer_record,
+    record_routes,
 )
+from nodeagent.core.routes import route_entries, routes_share
 from nodeagent.feed.document import FeedError, decode_json, document_version
 from nodeagent.feed.peers import interface_name, parse_peers, peer_item
 from nodeagent.feed.snapshot import USERNAME, parse_users, snapshot_from_doc
@@ -175,11 +176,12 @@ def parse_delta(data: bytes | bytearray | str) -> Delta:
 
 def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) -> DesiredInterface:
     where = f"wireguard.{name}"
-    peers = dict(base.peers)
+    held = base.peers if isinstance(base.peers, PeerTable) else PeerTable(base.peers.values())
+    records = dict(held.records)
     expires = dict(base.expires)
     for k in change.remove:
         # Removing a peer the state does not hold changes nothing; the result is still right.
-        peers.pop(k, None)
+        records.pop(k, None)
         expires.pop(k, None)
     upserted = {peer.public_key for peer, _ in change.upsert}
     new_ips: dict[bytes, int] = {}  # each upserted route, packed: the upsert routing it
@@ -187,44 +189,50 @@ def _apply_interface(name: str, base: DesiredInterface, change: InterfaceDelta) 
         for entry in peer.allowed_ips.entries():
             new_ips[entry] = i
     if new_ips:
-        taken = _first_collision(peers, upserted, new_ips)
+        taken = _first_collision(records, upserted, new_ips)
         if taken is not None:
             raise FeedError(
                 f"{where}.upsert[{taken}].allowed_ips: an allowed IP already routed to another peer"
             )
     for peer, expiry in change.upsert:
-        peers[peer.public_key] = peer
+        key = peer.public_key
+        record, old = peer_record(peer.routes, peer.preshared_key), records.get(key)
+        records[key] = old if old is not None and old == record else record
         if expiry is None:
-            expires.pop(peer.public_key, None)
+            expires.pop(key, None)
         else:
-            expires[peer.public_key] = expiry
-    return DesiredInterface(peers, expires)
+            expires[key] = expiry
+    return DesiredInterface(PeerTable.of_records(records), expires)
 
 
 def _first_collision(
-    peers: Mapping[bytes, Peer], upserted: set[bytes], new_ips: Mapping[bytes, int]
+    records: Mapping[bytes, bytes], upserted: set[bytes], new_ips: Mapping[bytes, int]
 ) -> int | None:
     """The first upsert routing a network that a peer staying as it was already routes.
 
-    ``new_ips`` maps each upserted route, packed, to its upsert. This runs over
-    every peer of the interface on each delta, so packed routes are compared,
-    never ``AllowedIP`` values, and a small delta's routes are first looked for
-    in all the routes joined, in C: nearly always none is there. A hit may
-    straddle two routes, so it is confirmed peer by peer.
+    ``records`` are the interface's peers (``PeerTable.records``); ``new_ips``
+    maps each upserted route, packed, to its upsert. This runs over every peer
+    of the interface on each delta, so packed routes are compared, never
+    ``AllowedIP`` values, and a small delta's routes are first looked for in
+    all the records joined, in C: nearly always none is there. A hit may
+    straddle two routes, or lie in a preshared key, so it is confirmed peer by
+    peer.
     """
     wanted = frozenset(new_ips)
     if len(wanted) <= _JOINED_SEARCH_MAX:
-        joined = b"".join(map(_ROUTES, peers.values()))
+        joined = b"".join(records.values())
         if not any(entry in joined for entry in wanted):
             return None
-    for k, peer in peers.items():
-        if k not in upserted and routes_share(peer.routes, wanted):
-            return min(new_ips[e] for e in route_entries(peer.routes) if e in new_ips)
+    for k, record in records.items():
+        if k in upserted:
+            continue
+        routes = record_routes(record)
+        if routes_share(routes, wanted):
+            return min(new_ips[e] for e in route_entries(routes) if e in new_ips)
     return None
 
 
-_ROUTES = attrgetter("routes")
-# Up to this many routes in a delta, each is searched for in all the routes joined.
+# Up to this many routes in a delta, each is searched for in all the records joined.
 _JOINED_SEARCH_MAX = 16
 
 

@@ -15,15 +15,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nodeagent.core.model import (
-    KEY_LEN,
-    AllowedIPs,
-    Peer,
-    parse_key,
-    parse_packed_ip,
-    route_entries,
-)
+from nodeagent.core.model import KEY_LEN, Peer, PeerTable, parse_key, record_routes
 from nodeagent.core.names import is_interface_name
+from nodeagent.core.routes import AllowedIPs, parse_packed_ip, route_entries
 from nodeagent.feed.document import FeedError, parse_time
 
 __all__ = ["PEER_KEYS", "PeerItem", "interface_name", "parse_peer", "parse_peers", "peer_item"]
@@ -159,7 +153,7 @@ def parse_peers(
     *,
     consume: bool = False,
     reuse: Mapping[bytes, Peer] | None = None,
-) -> tuple[dict[bytes, Peer], dict[bytes, datetime]]:
+) -> tuple[PeerTable, dict[bytes, datetime]]:
     """The peers of the list ``where.field`` by public key, in the list's order, and their expiries.
 
     No two may share a public key or an allowed IP (the kernel would silently
@@ -167,24 +161,25 @@ def parse_peers(
     :class:`PeerItem` the decoder made of it. ``consume`` empties ``items`` as
     it is read, so a large decoded document shrinks while the result grows
     instead of being held twice at the peak. A peer equal to the one of
-    ``reuse`` under its key (the state this list replaces) is that very
-    ``Peer``: a new snapshot allocates only what changed.
+    ``reuse`` under its key (the state this list replaces, a
+    :class:`PeerTable`) keeps that very record: a new snapshot allocates only
+    the keys and what changed.
 
     Read in passes, so that the values that stay are allocated together and
     the peak holds the decoded document or the result, not both with the
-    checks' tables. The first validates every item into one flat buffer (key,
-    preshared key, routes), and all it allocates on the way is freed; the
-    second builds the ``Peer`` values from that buffer alone, refusing a key
-    seen before; the third looks for a route on two peers. Built while the
-    items were read, the peers landed among the decoded document's objects,
-    and once those were freed, the allocator could not return the pages they
-    were scattered over: 18 MB more resident at 100,000 peers. A document
-    with several problems is refused for a malformed field first, then for a
-    key twice, then for a route twice.
+    checks' tables. The first validates every item into one flat buffer (per
+    peer its key, then its record, as ``core.model.peer_record`` packs it),
+    and all it allocates on the way is freed; the second slices the table
+    from that buffer alone, refusing a key seen before; the third looks for a
+    route on two peers. Built while the items were read, the peers landed
+    among the decoded document's objects, and once those were freed, the
+    allocator could not return the pages they were scattered over: 18 MB
+    more resident at 100,000 peers. A document with several problems is
+    refused for a malformed field first, then for a key twice, then for a
+    route twice.
     """
-    flat = bytearray()  # per peer: its key, its preshared key if any, its routes
-    route_lengths = array("I")  # bytes of routes a peer: a few, or many thousands
-    with_psk = bytearray()  # per peer: 1 if it has a preshared key
+    flat = bytearray()  # per peer: its key, then its record (flag, preshared key, routes)
+    record_lengths = array("I")  # a few bytes of routes, or many thousands
     expiring: dict[int, datetime] = {}  # by position in the list
     for i in range(len(items)):
         item = _item(f"{where}.{field}[{i}]", items[i])
@@ -196,50 +191,40 @@ def parse_peers(
             start = 9
             expiring[i] = _EPOCH + int.from_bytes(item[1:9], "little", signed=True) * _MICROSECOND
         with memoryview(item) as body:
-            flat += body[start:]
-        with_psk.append(flags & _PSK)
-        route_lengths.append(len(item) - start - (2 * KEY_LEN if flags & _PSK else KEY_LEN))
-    peers = _build(f"{where}.{field}", bytes(flat), with_psk, route_lengths, reuse or {})
-    _check_routes(where, field, peers.values())
+            flat += body[start : start + KEY_LEN]
+            flat.append(flags & _PSK)
+            flat += body[start + KEY_LEN :]
+        record_lengths.append(len(item) - start - KEY_LEN + 1)
+    peers = _build(f"{where}.{field}", bytes(flat), record_lengths, reuse)
+    _check_routes(where, field, peers.records.values())
     keys = list(peers) if expiring else []
     return peers, {keys[i]: expiry for i, expiry in expiring.items()}
 
 
 def _build(
-    where: str,
-    flat: bytes,
-    with_psk: bytearray,
-    route_lengths: array[int],
-    reuse: Mapping[bytes, Peer],
-) -> dict[bytes, Peer]:
-    """The peers that :func:`parse_peers` laid out in ``flat``, each key once."""
-    peers: dict[bytes, Peer] = {}
-    routes_of = AllowedIPs.canonical
+    where: str, flat: bytes, record_lengths: array[int], reuse: Mapping[bytes, Peer] | None
+) -> PeerTable:
+    """The table that :func:`parse_peers` laid out in ``flat``, each key once."""
+    records: dict[bytes, bytes] = {}
+    held = reuse.records if isinstance(reuse, PeerTable) else {}
     pos = 0
-    for i, (psk_follows, n) in enumerate(zip(with_psk, route_lengths, strict=True)):
+    for i, n in enumerate(record_lengths):
         end = pos + KEY_LEN
         public_key = flat[pos:end]
-        if public_key in peers:
+        if public_key in records:
             raise FeedError(f"{where}[{i}].public_key: duplicate public key")
-        psk = None
-        if psk_follows:
-            psk = flat[end : end + KEY_LEN]
-            end += KEY_LEN
         pos = end + n
-        routes = flat[end:pos]
-        old = reuse.get(public_key)
-        if old is not None and old.routes == routes and old.preshared_key == psk:
-            peers[old.public_key] = old
-        else:
-            peers[public_key] = Peer(public_key, routes_of(routes), psk)
-    return peers
+        record = flat[end:pos]
+        old = held.get(public_key)
+        records[public_key] = old if old is not None and old == record else record
+    return PeerTable.of_records(records)
 
 
-def _check_routes(where: str, field: str, peers: Iterable[Peer]) -> None:
-    """FeedError if two of ``peers`` (a list's, in its order) route the same address."""
+def _check_routes(where: str, field: str, records: Iterable[bytes]) -> None:
+    """FeedError if two peers of ``records`` (a list's, in its order) route the same address."""
     owner: dict[bytes, int] = {}  # each route, packed: the first peer routing it
-    for i, peer in enumerate(peers):
-        for entry in route_entries(peer.routes):
+    for i, record in enumerate(records):
+        for entry in route_entries(record_routes(record)):
             first = owner.setdefault(entry, i)
             if first != i:
                 raise FeedError(

@@ -22,7 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nodeagent.core.idle import PeerActivity, handshake_age, select_idle
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, Device, Peer
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, Peer
+from nodeagent.core.routes import AllowedIP
 from nodeagent.load.counters import CounterError, LinkCounters, LinkReader, decode_dump, parse_links
 from nodeagent.wireguard.netlink import codec as nlwire
 from nodeagent.wireguard.netlink.idle import (

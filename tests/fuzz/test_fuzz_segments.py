@@ -5,7 +5,8 @@ mutated, and random), cut into chunks at random places, down to one character
 a chunk. ``peer_segments`` gives the same text back in segments of whole
 peers; the digest and the scrub read over those segments end exactly as the
 whole-reply functions do on the joined text: the same value, or both the
-parser's own error.
+parser's own error. The read-back, a segment at a time, ends as the reply's
+lines split at once and read whole do.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nodeagent.core.model import Device
 from nodeagent.wireguard.uapi import idle as uapi_idle
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.segments import PEER_MARK, peer_segments
@@ -65,3 +67,36 @@ def test_read_as_it_arrives_ends_as_the_whole_reply(
         lambda: uapi_idle.idle_from_segments(peer_segments(chunked(text, at)), idle_after, NOW)
     )
     assert streamed == whole
+
+
+def read_whole(text: str) -> tuple[Device, int | None, int]:
+    """The read-back of ``text`` with every line split at once: the device, its digest, errno."""
+    lines, errno = uapi_text.split_reply(text)
+    device = uapi_text.parse_device(lines)  # every line is read, whatever the errno
+    if errno:
+        return Device(), None, errno
+    listed = text.count(PEER_MARK) + text.startswith("public_key=")
+    digest = uapi_text.reply_digest(text)[0] if listed == len(device.peers) else None
+    return device, digest, errno
+
+
+@target(400)
+@given(any_reply, cuts)
+def test_a_read_back_as_it_arrives_ends_as_the_lines_read_whole(text: str, at: list[int]) -> None:
+    err = uapi_text.UapiProtocolError
+
+    def outcome(fn: object) -> object:
+        result = ended_well(fn, err, source=text)  # type: ignore[arg-type]
+        if isinstance(result, err):
+            return type(result)
+        assert isinstance(result, tuple)
+        return result
+
+    streamed = outcome(lambda: uapi_text.parse_get_segments(peer_segments(chunked(text, at))))
+    whole = outcome(lambda: read_whole(text))
+    if isinstance(whole, tuple):
+        assert isinstance(streamed, tuple)
+        (device, errno), (want, digest, want_errno) = streamed, whole
+        assert (device, device.digest, errno) == (want, digest, want_errno)
+    else:
+        assert streamed == whole

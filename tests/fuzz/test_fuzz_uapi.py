@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from nodeagent.core.backend import BackendError
 from nodeagent.core.idle import PeerActivity, handshake_age, is_idle
-from nodeagent.core.model import KEY_LEN, AllowedIP, Device, Peer, Plan
+from nodeagent.core.model import KEY_LEN, Device, Peer, Plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.uapi import idle as uapi_idle
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.backend import UapiBackend

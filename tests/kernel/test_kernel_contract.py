@@ -10,8 +10,9 @@ import pytest
 from pyroute2 import IPRoute
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
-from nodeagent.core.model import AllowedIP, InterfaceSetup, Peer, Plan
+from nodeagent.core.model import InterfaceSetup, Peer, Plan
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.netlink.backend import KernelBackend
 from nodeagent.wireguard.uapi.text import clamp_private_key
 from tests.contract import BackendContract, converge

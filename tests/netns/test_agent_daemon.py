@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from nodeagent.core.model import AllowedIP, Peer, format_key
+from nodeagent.core.model import Peer, format_key
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from tests.peerdata import feed_document, make_peers, write_atomic

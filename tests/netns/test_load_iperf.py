@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config.agent import LoadConfig
-from nodeagent.core.model import AllowedIP, Peer
+from nodeagent.core.model import Peer
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.lab.netns import Namespace
 from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.load.counters import LinkReader

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import time
 
-from nodeagent.core.model import AllowedIP, Peer, Plan
+from nodeagent.core.model import Peer, Plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.wireguard.uapi.backend import UapiBackend

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import threading
 
-from nodeagent.core.model import AllowedIP, Peer, Plan
+from nodeagent.core.model import Peer, Plan
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.lab.tunnel import TunnelPair
 from nodeagent.wireguard.uapi.backend import UapiBackend, exchange
 from tests.peerdata import key

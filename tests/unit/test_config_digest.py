@@ -15,7 +15,8 @@ import struct
 
 import pytest
 
-from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer
+from nodeagent.core.model import ZERO_KEY, Device, Peer
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.netlink import codec as nw
 from nodeagent.wireguard.uapi import text as uapi_text
 from tests.peerdata import key, make_peers, v4, wide_peer

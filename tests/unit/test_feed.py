@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.core.model import AllowedIP, allowed_ips, format_key
+from nodeagent.core.model import PeerTable, format_key
+from nodeagent.core.routes import AllowedIP, allowed_ips
 from nodeagent.feed.peers import parse_peer, peer_item
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key
@@ -88,7 +89,7 @@ def test_peers_read_in_passes_are_each_item_read_alone() -> None:
 
 
 def test_a_new_snapshot_shares_the_unchanged_peers_of_the_state_it_replaces() -> None:
-    """Equal peers are the held ones; a changed route or preshared key makes a new one."""
+    """Equal peers keep the held records; a changed route or preshared key makes a new one."""
     items = [
         {"public_key": format_key(key("s", i)), "allowed_ips": [f"10.7.0.{i}/32"]} for i in range(6)
     ]
@@ -99,15 +100,16 @@ def test_a_new_snapshot_shares_the_unchanged_peers_of_the_state_it_replaces() ->
     text = doc(items)
     after = parse_snapshot(text, before).wireguard["wg0"].peers
     held = before.wireguard["wg0"].peers
+    assert isinstance(after, PeerTable) and isinstance(held, PeerTable)
     assert after == parse_snapshot(text).wireguard["wg0"].peers
-    same = [k for k, peer in after.items() if held.get(k) is peer]
+    same = [k for k, record in after.records.items() if held.records.get(k) is record]
     assert same == [key("s", i) for i in (0, 4, 5)]
-    assert all(k is held[k].public_key for k in same)
     # Another interface's peers are not this one's, even with the same keys.
     other = json.loads(text)
     other["wireguard"] = {"wg1": other["wireguard"]["wg0"]}
     wg1 = parse_snapshot(json.dumps(other), before).wireguard["wg1"].peers
-    assert wg1 == after and not {id(peer) for peer in wg1.values()} & {id(p) for p in held.values()}
+    assert isinstance(wg1, PeerTable) and wg1 == after
+    assert not {id(r) for r in wg1.records.values()} & {id(r) for r in held.records.values()}
 
 
 def test_a_packed_peer_shows_no_key() -> None:

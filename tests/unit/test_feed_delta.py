@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from nodeagent.central.feedstore import FeedStore
-from nodeagent.core.model import AllowedIP, DesiredState, allowed_ips, format_key
+from nodeagent.core.model import DesiredState, format_key
+from nodeagent.core.routes import AllowedIP, allowed_ips
 from nodeagent.feed.delta import DeltaMismatch, apply_delta, apply_document, parse_delta
 from nodeagent.feed.snapshot import FeedError, parse_snapshot
 from tests.peerdata import key

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nodeagent.core.model import AllowedIP, AllowedIPs, Peer, PeerUpdate, allowed_ips
+from nodeagent.core.model import Peer, PeerUpdate
+from nodeagent.core.routes import AllowedIP, AllowedIPs, allowed_ips
 from tests.peerdata import key
 
 V4 = AllowedIP.parse("10.8.0.2/32")
@@ -47,7 +48,7 @@ def test_nothing_of_the_routes_in_repr() -> None:
 
 
 def test_from_packed_is_the_same_canonical_form() -> None:
-    from nodeagent.core.model import parse_packed_ip
+    from nodeagent.core.routes import parse_packed_ip
 
     texts = ["fd00:8::2/128", "10.8.0.2/32", "172.16.0.0/12", "10.8.0.2/32"]
     for n in range(1, len(texts) + 1):

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
+from nodeagent.core.model import ZERO_KEY, Device, Peer, PeerUpdate, Plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.netlink import codec as nw
 from tests.peerdata import key, make_peers, wide_peer
 from tests.wgencode import encode_device_dump

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import ZERO_KEY, AllowedIP, AllowedIPs, Peer, Plan
+from nodeagent.core.model import ZERO_KEY, Peer, Plan
+from nodeagent.core.routes import AllowedIP, AllowedIPs
 from nodeagent.wireguard.netlink import codec as nw
 from nodeagent.wireguard.netlink.codec import encode
 from tests.peerdata import key

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import AllowedIP, DesiredInterface, Peer, PeerUpdate, Plan
+from nodeagent.core.model import DesiredInterface, Peer, PeerTable, PeerUpdate, Plan
 from nodeagent.core.reconcile import apply_to, plan, share_equal
+from nodeagent.core.routes import AllowedIP
 from tests.peerdata import key, make_peers
 
 A, B, C = key("t", 1), key("t", 2), key("t", 3)
@@ -88,3 +89,73 @@ def test_share_equal_holds_the_desired_mapping_itself_when_the_peers_are_equal()
 def test_active_is_the_peers_themselves_without_expiry() -> None:
     peers = make_peers(3)
     assert DesiredInterface(peers).active(datetime.now(UTC)) is peers
+
+
+# --- PeerTable: the dict of Peers it stands for, in a third of the memory ------------
+
+tables = states.map(lambda d: (d, PeerTable(d.values())))
+
+
+@settings(max_examples=300)
+@given(tables, keys)
+def test_a_table_reads_as_the_dict_of_peers_it_stands_for(
+    pair: tuple[dict[bytes, Peer], PeerTable], probe: bytes
+) -> None:
+    peers, table = pair
+    assert table == peers and peers == table
+    assert table != {**peers, A: Peer(A)} or peers == {**peers, A: Peer(A)}
+    assert len(table) == len(peers) and list(table) == list(peers)
+    assert list(table.items()) == list(peers.items())
+    assert list(table.values()) == list(peers.values())
+    assert (probe in table) == (probe in peers)
+    assert table.get(probe) == peers.get(probe)
+    assert all(table[k] == p and table[k].allowed_ips == p.allowed_ips for k, p in peers.items())
+    gone = table.without([probe])
+    assert gone == {k: p for k, p in peers.items() if k != probe} and table == peers
+    assert PeerTable.of_records(dict(table.records)) == table
+
+
+def test_a_table_shows_no_key_or_address() -> None:
+    table = PeerTable([Peer(A, frozenset({IP1}), PSK)])
+    text = repr(table) + str(table) + repr(table.items()) + repr(table.values())
+    assert A.hex() not in text and "10.0.0.1" not in text and text.count("PeerTable(<1 peers>)")
+
+
+@settings(max_examples=300)
+@given(states, states)
+def test_tables_plan_and_apply_as_dicts_do(
+    desired: dict[bytes, Peer], held: dict[bytes, Peer]
+) -> None:
+    want, have = PeerTable(desired.values()), PeerTable(held.values())
+    p = plan(want, have)
+    assert p == plan(desired, held) == plan(want, held) == plan(desired, have)
+    after = apply_to(have, p)
+    assert isinstance(after, PeerTable) and after == apply_to(held, p) == desired
+    assert plan(want, after).empty
+
+
+@settings(max_examples=300)
+@given(states, states)
+def test_a_table_shares_its_records_with_what_an_interface_holds(
+    desired: dict[bytes, Peer], held: dict[bytes, Peer]
+) -> None:
+    want = PeerTable(desired.values())
+    for have in (held, PeerTable(held.values())):
+        shared = share_equal(have, want)
+        assert isinstance(shared, PeerTable) and shared == held
+        if held == desired:
+            assert shared is want
+        for k, record in shared.records.items():
+            theirs = want.records.get(k)
+            assert (record is theirs) == (theirs == record)
+
+
+def test_an_unexpired_table_is_active_as_it_is() -> None:
+    now = datetime.now(UTC)
+    table = PeerTable(make_peers(3).values())
+    k0, k1, _ = table
+    later, earlier = now.replace(year=now.year + 1), now.replace(year=now.year - 1)
+    assert DesiredInterface(table, {k0: later}).active(now) is table
+    active = DesiredInterface(table, {k0: later, k1: earlier}).active(now)
+    assert isinstance(active, PeerTable) and list(active) == [k for k in table if k != k1]
+    assert active.records[k0] is table.records[k0] and len(table) == 3

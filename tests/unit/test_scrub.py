@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from nodeagent.core.idle import PeerActivity, select_idle
-from nodeagent.core.model import AllowedIP, Peer
+from nodeagent.core.model import Peer
+from nodeagent.core.routes import AllowedIP
 from nodeagent.privacy.scrub import scrub_once
 from nodeagent.wireguard.netlink import codec as nlwire
 from nodeagent.wireguard.netlink.idle import (

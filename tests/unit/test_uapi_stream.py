@@ -7,6 +7,7 @@ and so do the failures (a daemon that hangs up half way).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -62,7 +63,9 @@ class OneReplyDaemon:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            with conn:
+            # A client may hang up before the end (a read refuses a bad line as it
+            # reaches it); wireguard-go then drops that connection and serves the next.
+            with conn, contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 conn.recv(64)
                 for i, part in enumerate(self._parts):
                     if i:
@@ -123,7 +126,7 @@ def test_the_reply_ends_at_its_blank_line_however_it_arrives(sock_dir: Path, spl
 
 
 def test_a_blank_line_inside_a_reply_ends_no_read_early_and_is_refused(sock_dir: Path) -> None:
-    """Read to the end, not cut at the blank line: the read refuses it, the digest differs."""
+    """Not taken for the reply's end: the read refuses it, the digest differs."""
     text = big_reply()
     middle = text.index("\npublic_key=", len(text) // 2)
     broken = text[:middle] + "\n" + text[middle:]

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
-from nodeagent.core.model import ZERO_KEY, AllowedIP, Device, Peer, PeerUpdate, Plan
+from nodeagent.core.model import ZERO_KEY, Device, Peer, PeerUpdate, Plan
 from nodeagent.core.reconcile import plan
+from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from nodeagent.wireguard.uapi.text import UapiProtocolError

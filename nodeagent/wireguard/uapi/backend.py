@@ -199,7 +199,7 @@ class UapiBackend:
 
     def read(self) -> Device:
         """The device's private key, port and peers, as the daemon reports them, and its digest."""
-        return self._get(lambda chunks: uapi_text.parse_get_reply("".join(chunks)))
+        return self._get(lambda chunks: uapi_text.parse_get_segments(peer_segments(chunks)))
 
     def config_digest(self) -> int | None:
         """The configuration digest of one ``get=1`` reply, taken as it arrives, not parsed."""

@@ -15,19 +15,11 @@ configuration lines of a reply and leaves those lines out.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from nodeagent.core.backend import DIGEST_MASK
-from nodeagent.core.model import (
-    KEY_LEN,
-    ZERO_KEY,
-    AllowedIP,
-    AllowedIPs,
-    Device,
-    Peer,
-    Plan,
-    parse_packed_ip,
-)
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, PeerTable, Plan, peer_record
+from nodeagent.core.routes import AllowedIP, AllowedIPs, parse_packed_ip
 from nodeagent.wireguard.uapi.segments import PEER_MARK, with_last
 
 GET_REQUEST = b"get=1\n\n"
@@ -159,65 +151,118 @@ def _key(value: str) -> bytes:
 
 def parse_device(lines: Iterable[str]) -> Device:
     """The device described by the body lines of a ``get=1`` reply."""
-    private_key: bytes | None = None
-    listen_port = 0
-    peers: dict[bytes, Peer] = {}
-    # The peer being read: its key, psk and routes, flushed at the next public_key.
-    current: bytes | None = None
-    psk: bytes | None = None
-    ips: list[bytes] = []  # packed (AllowedIPs.from_packed)
-    empty = AllowedIPs()
+    reader = _DeviceReader()
+    reader.read(lines)
+    return reader.device()
 
-    for line in lines:
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise UapiProtocolError("reply has a line without '='")
-        if name == "allowed_ip":
-            if current is None:
-                raise UapiProtocolError("reply has allowed_ip before any peer")
-            try:
-                ips.append(parse_packed_ip(value))
-            except ValueError:
-                raise UapiProtocolError("reply has a malformed allowed_ip") from None
-        elif name == "public_key":
-            if current is not None:
-                peers[current] = Peer(current, AllowedIPs.from_packed(ips) if ips else empty, psk)
-            current, psk, ips = _key(value), None, []
-        elif name == "preshared_key":
-            if current is None:
-                raise UapiProtocolError("reply has preshared_key before any peer")
-            psk = None if value == _ZERO_HEX else _key(value)
-        elif name == "private_key" and current is None:
-            private_key = _key(value)
-            if private_key == ZERO_KEY:
-                private_key = None
-        elif name == "listen_port" and current is None:
-            # isascii: isdigit() also takes "²", which int() refuses.
-            if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 65535:
-                raise UapiProtocolError("reply has a malformed listen_port")
-            listen_port = int(value)
-        # Anything else (endpoint, handshake times, byte counts, keepalive,
-        # protocol_version, fwmark) is deliberately dropped unread.
-    if current is not None:
-        peers[current] = Peer(current, AllowedIPs.from_packed(ips) if ips else empty, psk)
-    return Device(private_key, listen_port, peers)
+
+class _DeviceReader:
+    """:func:`parse_device` a batch of lines at a time: a reply read as it arrives.
+
+    The peers are kept as a :class:`PeerTable`'s records, a peer's flushed at
+    the next ``public_key`` line (and by :meth:`device`).
+    """
+
+    def __init__(self) -> None:
+        self.private_key: bytes | None = None
+        self.listen_port = 0
+        self.records: dict[bytes, bytes] = {}
+        # The peer being read: its key, psk and routes (packed, as AllowedIPs.from_packed takes).
+        self.current: bytes | None = None
+        self.psk: bytes | None = None
+        self.ips: list[bytes] = []
+
+    def read(self, lines: Iterable[str]) -> None:
+        records, current, psk, ips = self.records, self.current, self.psk, self.ips
+        for line in lines:
+            name, sep, value = line.partition("=")
+            if not sep:
+                raise UapiProtocolError("reply has a line without '='")
+            if name == "allowed_ip":
+                if current is None:
+                    raise UapiProtocolError("reply has allowed_ip before any peer")
+                try:
+                    ips.append(parse_packed_ip(value))
+                except ValueError:
+                    raise UapiProtocolError("reply has a malformed allowed_ip") from None
+            elif name == "public_key":
+                if current is not None:
+                    records[current] = peer_record(_routes(ips), psk)
+                current, psk, ips = _key(value), None, []
+            elif name == "preshared_key":
+                if current is None:
+                    raise UapiProtocolError("reply has preshared_key before any peer")
+                psk = None if value == _ZERO_HEX else _key(value)
+            elif name == "private_key" and current is None:
+                private_key = _key(value)
+                self.private_key = None if private_key == ZERO_KEY else private_key
+            elif name == "listen_port" and current is None:
+                # isascii: isdigit() also takes "²", which int() refuses.
+                if (
+                    not (value.isascii() and value.isdigit())
+                    or len(value) > 5
+                    or int(value) > 65535
+                ):
+                    raise UapiProtocolError("reply has a malformed listen_port")
+                self.listen_port = int(value)
+            # Anything else (endpoint, handshake times, byte counts, keepalive,
+            # protocol_version, fwmark) is deliberately dropped unread.
+        self.current, self.psk, self.ips = current, psk, ips
+
+    def device(self) -> Device:
+        if self.current is not None:
+            self.records[self.current] = peer_record(_routes(self.ips), self.psk)
+            self.current = None
+        return Device(self.private_key, self.listen_port, PeerTable.of_records(self.records))
+
+
+def _routes(ips: list[bytes]) -> bytes:
+    return AllowedIPs.from_packed(ips).packed if ips else b""
 
 
 def parse_get_reply(text: str) -> tuple[Device, int]:
-    """Parse a whole ``get=1`` reply: the device (empty if errno is set) and errno.
+    """Parse a whole ``get=1`` reply: the device (empty if errno is set) and errno."""
+    return parse_get_segments((text,))
 
-    The device carries the reply's :func:`reply_digest`, unless a key is listed
-    twice (which wireguard-go never does): the parser keeps its last listing,
-    the digest sums both, and another reply with the same pieces in another
-    order would parse differently, so such a digest vouches for nothing.
+
+def parse_get_segments(segments: Iterable[str]) -> tuple[Device, int]:
+    """:func:`parse_get_reply` of a reply given as :func:`segments.peer_segments` cut it.
+
+    Read a segment at a time, so only one segment's lines are ever held (a
+    whole reply of 100,000 peers split into its 900,000 lines took 38 MB of
+    small strings at once, which the allocator could not all return). The
+    device carries the reply's :func:`reply_digest`, taken in the same pass,
+    unless a key is listed twice (which wireguard-go never does): the parser
+    keeps its last listing, the digest sums both, and another reply with the
+    same pieces in another order would parse differently, so such a digest
+    vouches for nothing.
     """
-    lines, errno = split_reply(text)
+    reader = _DeviceReader()
+    listed = 0
+
+    def read_each(segments: Iterable[str]) -> Iterator[str]:
+        nonlocal listed
+        first = True
+        for segment, last in with_last(segments):
+            body = segment
+            if last:  # its lines are read before its errno counts, as every other line is
+                cut = _reply_end(segment)[0]
+                body = segment[:cut] if cut >= 0 else ""
+            lines = body.split("\n") if body else []
+            if not first and lines and not lines[0]:
+                del lines[0]  # the newline before the segment's first public_key line
+            reader.read(lines)
+            listed += segment.count(PEER_MARK) + (first and segment.startswith(_PEER_START))
+            first = False
+            yield segment
+
+    digest, errno = digest_segments(read_each(segments))
     if errno:
         return Device(), errno
-    device = parse_device(lines)
-    listed = text.count("\n" + _PEER_START) + text.startswith(_PEER_START)
-    digest = reply_digest(text)[0] if listed == len(device.peers) else None
-    return Device(device.private_key, device.listen_port, device.peers, digest), errno
+    device = reader.device()
+    if listed != len(device.peers):
+        return Device(device.private_key, device.listen_port, device.peers), 0
+    return Device(device.private_key, device.listen_port, device.peers, digest), 0
 
 
 def parse_set_reply(text: str) -> int:

@@ -11,7 +11,8 @@ import socket
 import struct
 from collections.abc import Callable
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIP, AllowedIPs, Device, Peer
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, Peer
+from nodeagent.core.routes import AllowedIP, AllowedIPs
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,

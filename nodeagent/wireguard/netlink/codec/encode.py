@@ -18,8 +18,9 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, AllowedIPs, Plan
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Plan
 from nodeagent.core.names import is_interface_name
+from nodeagent.core.routes import AllowedIPs
 from nodeagent.wireguard.netlink.codec.constants import (
     DEFAULT_MESSAGE,
     GENL_HDR,

@@ -10,15 +10,16 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from nodeagent import __version__
 from nodeagent.cli import audit as audit_cli
 from nodeagent.cli.status import DEFAULT_URL, main_status
 from nodeagent.config.agent import Config, ConfigError, LogConfig, load_config
-from nodeagent.core.sync import SyncOutcome
-from nodeagent.feed.snapshot import FeedError
 from nodeagent.privacy.logs import loop_exception_handler, protect_process, redact, setup_logging
-from nodeagent.wireguard import BackendError
+
+if TYPE_CHECKING:
+    from nodeagent.core.sync import SyncOutcome
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _sync_once(config: Config) -> int:
     from nodeagent.daemon.agent import SyncFailed, sync_once
+    from nodeagent.feed.snapshot import FeedError
+    from nodeagent.wireguard import BackendError
 
     try:
         outcomes = sync_once(config)
@@ -128,7 +131,6 @@ def _print_outcomes(outcomes: list[SyncOutcome]) -> None:
 
 
 def _run(config: Config) -> int:
-    from nodeagent.daemon.agent import Agent
     from nodeagent.daemon.httpprocess import HttpProcess
     from nodeagent.daemon.memory import tune_malloc
 
@@ -143,6 +145,10 @@ def _run(config: Config) -> int:
     http_process = None
     if config.http is not None:
         http_process = HttpProcess.fork(loop_exception_handler, configure_logging)
+    # The agent's own modules come after the fork: pages that only the agent uses are
+    # its alone, and its writes to them copy nothing the serving process holds.
+    from nodeagent.daemon.agent import Agent
+
     agent = Agent(config, configure_logging=configure_logging, http_process=http_process)
 
     async def run() -> None:

@@ -13,7 +13,7 @@ from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.uapi import text as uapi_text
 from nodeagent.wireguard.uapi.backend import UapiBackend
 from nodeagent.wireguard.uapi.text import UapiProtocolError
-from tests.peerdata import key
+from tests.peerdata import key, make_peers
 from tests.wgencode import format_get_reply
 
 A, B, C, PSK = key("a", 0), key("b", 0), key("c", 0), key("psk", 0)
@@ -147,6 +147,17 @@ def test_set_request_framing() -> None:
         b"set=1\nlisten_port=51820\n\n"
     )
     assert uapi_text.device_lines(PSK, None) == [f"private_key={PSK.hex()}"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 819, 820, 1700, 3000])
+def test_a_plan_is_sent_as_its_lines_in_one_request_whatever_the_batches(n: int) -> None:
+    """Sizes below, around and well past one batch of lines (4,096): the same bytes."""
+    peers = make_peers(n)  # every second with an IPv6 route, every third with a psk
+    updates = tuple(PeerUpdate(k, None, True, None) for k in list(peers)[: n // 3])
+    p = Plan(add=tuple(peers.values()), update=updates, remove=(A,) if n % 2 else ())
+    want = uapi_text.set_request(uapi_text.plan_lines(p))
+    assert uapi_text.plan_request(p) == want
+    assert want.count(b"\n") == len(uapi_text.plan_lines(p)) + 2 * bool(want)
 
 
 def test_never_replaces_all_peers() -> None:

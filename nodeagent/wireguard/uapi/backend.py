@@ -219,8 +219,8 @@ class UapiBackend:
             raise BackendError(f"{self._interface}: get refused, errno {_errno_name(code)}")
         return value
 
-    def _set(self, lines: list[str], op: str) -> None:
-        request = uapi_text.set_request(lines)
+    def _set(self, request: bytes, op: str) -> None:
+        """Send one ``set=1`` request (nothing when it is empty) and check its errno."""
         if not request:
             return
         reply = self._request(request, op)
@@ -236,7 +236,7 @@ class UapiBackend:
         if plan.empty:
             return
         start = time.monotonic()
-        self._set(uapi_text.plan_lines(plan), "set peers")
+        self._set(uapi_text.plan_request(plan), "set peers")
         c = plan.counts()
         log.debug(
             "uapi_apply interface=%s added=%d updated=%d removed=%d ms=%d",
@@ -257,7 +257,7 @@ class UapiBackend:
         want_key = uapi_text.clamp_private_key(setup.private_key)
         private_key = setup.private_key if current.private_key != want_key else None
         port = setup.listen_port if current.listen_port != setup.listen_port else None
-        self._set(uapi_text.device_lines(private_key, port), "set device")
+        self._set(uapi_text.set_request(uapi_text.device_lines(private_key, port)), "set device")
         ensure_addresses_up(self._interface, setup.addresses, netns=self._netns)
 
     # --- scrubbing: one get=1 a pass, idle or not (privacy/scrub.py) --------

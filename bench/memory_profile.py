@@ -60,6 +60,7 @@ from nodeagent.core.model import (  # noqa: E402
     DesiredState,
     Device,
     Peer,
+    PeerTable,
     format_key,
 )
 from nodeagent.core.reconcile import plan  # noqa: E402
@@ -71,6 +72,7 @@ from nodeagent.wireguard.netlink import codec as nlwire  # noqa: E402
 from nodeagent.wireguard.netlink.idle import ScrubDecoder  # noqa: E402
 from nodeagent.wireguard.uapi import text as uapi_text  # noqa: E402
 from nodeagent.wireguard.uapi.idle import idle_from_reply  # noqa: E402
+from nodeagent.wireguard.uapi.segments import peer_segments  # noqa: E402
 from tests.peerdata import key, v4, v6  # noqa: E402
 from tests.wgencode import encode_device_dump, format_get_reply  # noqa: E402
 
@@ -116,6 +118,12 @@ def breakdown(peers: Mapping[bytes, Peer], seen: set[int]) -> dict[str, tuple[in
             seen.add(id(obj))
             new_shared[0] += size
 
+    if isinstance(peers, PeerTable):
+        add("PeerTable's dict (key -> record)", peers.records)
+        for k, record in peers.records.items():
+            add("public key bytes", k)
+            add("record bytes (psk, routes)", record)
+        return {kind: (v[0], v[1]) for kind, v in out.items()}
     add("dict (key -> Peer)", peers)
     for k, p in peers.items():
         add("public key bytes", k)
@@ -209,8 +217,8 @@ class DumpBackend:
 
 def read_uapi(chunks: list[bytes]) -> Device:
     """What ``UapiBackend.read`` does with a reply received in chunks."""
-    text = b"".join(chunks).decode("ascii", errors="replace")
-    return uapi_text.parse_get_reply(text)[0]
+    texts = (c.decode("ascii", errors="replace") for c in chunks)
+    return uapi_text.parse_get_segments(peer_segments(texts))[0]
 
 
 def scrub_uapi(chunks: list[bytes]) -> int:

@@ -229,8 +229,8 @@ def parse_get_segments(segments: Iterable[str]) -> tuple[Device, int]:
     """:func:`parse_get_reply` of a reply given as :func:`segments.peer_segments` cut it.
 
     Read a segment at a time, so only one segment's lines are ever held (a
-    whole reply of 100,000 peers split into its 900,000 lines took 38 MB of
-    small strings at once, which the allocator could not all return). The
+    reply of 50,000 peers split into its 450,000 lines took 38 MB of small
+    strings at once, which the allocator could not all return). The
     device carries the reply's :func:`reply_digest`, taken in the same pass,
     unless a key is listed twice (which wireguard-go never does): the parser
     keeps its last listing, the digest sums both, and another reply with the

@@ -139,6 +139,8 @@ def share_equal(held: Mapping[bytes, Peer], desired: Mapping[bytes, Peer]) -> Ma
     keeps one copy of each peer alive, not two. ``desired`` itself comes back
     when the two hold equal peers under the same keys (the steady state: one
     mapping held, not two), and ``held`` itself when nothing is to be shared.
+    With a :class:`PeerTable` desired the result is always a table, whose
+    peers equal to the desired ones keep the desired records.
     """
     if held is desired:
         return desired

@@ -166,6 +166,9 @@ def test_uapi_digest_of_literal_reply_and_without_device_lines() -> None:
     assert format_get_reply(dev).startswith("public_key=")
     assert uapi_digest(format_get_reply(dev)) == uapi_digest(format_get_reply(shuffled(dev, 1)))
     assert uapi_digest("errno=0\n\n") == uapi_digest(format_get_reply(Device()))
+    # A read-back of such a reply counts its first peer too, so its digest vouches.
+    read, _ = uapi_text.parse_get_reply(format_get_reply(dev))
+    assert read == dev and read.digest == uapi_digest(format_get_reply(dev))
 
 
 def test_uapi_digest_errno_and_malformed_replies() -> None:

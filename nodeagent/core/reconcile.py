@@ -55,12 +55,7 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
                     preshared_key=want.preshared_key if psk_differs else None,
                 )
             )
-    remove = [key for key in actual if key not in desired]
-    # Sorted so that a plan is deterministic whatever the dict order was.
-    add.sort(key=_BY_KEY)  # attrgetter: no Python frame per peer (a million are added at once)
-    update.sort(key=_BY_KEY)
-    remove.sort()
-    return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
+    return _sorted_plan(add, update, [key for key in actual if key not in desired])
 
 
 def _plan_records(desired: Mapping[bytes, bytes], actual: Mapping[bytes, Peer]) -> Plan:
@@ -86,8 +81,12 @@ def _plan_records(desired: Mapping[bytes, bytes], actual: Mapping[bytes, Peer]) 
                 preshared_key=psk if psk_differs else None,
             )
         )
-    remove = [key for key in actual if key not in desired]
-    add.sort(key=_BY_KEY)
+    return _sorted_plan(add, update, [key for key in actual if key not in desired])
+
+
+def _sorted_plan(add: list[Peer], update: list[PeerUpdate], remove: list[bytes]) -> Plan:
+    """The plan of these changes, sorted so that it is the same whatever the dict order was."""
+    add.sort(key=_BY_KEY)  # attrgetter: no Python frame per peer (a million are added at once)
     update.sort(key=_BY_KEY)
     remove.sort()
     return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))

@@ -102,7 +102,7 @@ class WireguardGo:
 
     def uapi_set(self, lines: Sequence[str]) -> None:
         """Send raw ``set=1`` lines (the lab sets endpoints, which the agent never does)."""
-        request = uapi_text.set_request(list(lines))
+        request = uapi_text.set_request(lines)
         if not request:
             return
         code = uapi_text.parse_set_reply(exchange(self.socket_path, request))

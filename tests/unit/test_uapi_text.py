@@ -155,9 +155,11 @@ def test_a_plan_is_sent_as_its_lines_in_one_request_whatever_the_batches(n: int)
     peers = make_peers(n)  # every second with an IPv6 route, every third with a psk
     updates = tuple(PeerUpdate(k, None, True, None) for k in list(peers)[: n // 3])
     p = Plan(add=tuple(peers.values()), update=updates, remove=(A,) if n % 2 else ())
-    want = uapi_text.set_request(uapi_text.plan_lines(p))
+    lines = uapi_text.plan_lines(p)
+    want = ("set=1\n" + "\n".join(lines) + "\n\n").encode() if lines else b""
     assert uapi_text.plan_request(p) == want
-    assert want.count(b"\n") == len(uapi_text.plan_lines(p)) + 2 * bool(want)
+    assert uapi_text.set_request(iter(lines)) == want
+    assert want.count(b"\n") == len(lines) + 2 * bool(want)
 
 
 def test_never_replaces_all_peers() -> None:

@@ -260,9 +260,8 @@ def parse_get_segments(segments: Iterable[str]) -> tuple[Device, int]:
     if errno:
         return Device(), errno
     device = reader.device()
-    if listed != len(device.peers):
-        return Device(device.private_key, device.listen_port, device.peers), 0
-    return Device(device.private_key, device.listen_port, device.peers, digest), 0
+    vouched = digest if listed == len(device.peers) else None
+    return Device(device.private_key, device.listen_port, device.peers, vouched), 0
 
 
 def parse_set_reply(text: str) -> int:
@@ -289,26 +288,8 @@ def plan_lines(plan: Plan) -> list[str]:
 
 
 def plan_request(plan: Plan) -> bytes:
-    """``set_request(plan_lines(plan))``, made a few thousand lines at a time.
-
-    A first pass over 100,000 peers is half a million lines: held as a list of
-    small strings at once, they took about 40 MB, which the allocator kept
-    scattered among what stayed. Each batch is joined and encoded (one large
-    block, returned to the system when freed) before the next is made.
-    """
-    chunks = [b"set=1\n"]
-    batch: list[str] = []
-    for line in _plan_lines(plan):
-        batch.append(line)
-        if len(batch) == _LINES_A_BATCH:
-            batch.append("")
-            chunks.append("\n".join(batch).encode("ascii"))
-            batch.clear()
-    if len(chunks) == 1 and not batch:
-        return b""
-    batch += ["", ""]
-    chunks.append("\n".join(batch).encode("ascii"))
-    return b"".join(chunks)
+    """``set_request(plan_lines(plan))``, without ever holding the list of lines."""
+    return set_request(_plan_lines(plan))
 
 
 _LINES_A_BATCH = 4096
@@ -357,8 +338,25 @@ def device_lines(private_key: bytes | None = None, listen_port: int | None = Non
     return out
 
 
-def set_request(lines: list[str]) -> bytes:
-    """A complete ``set=1`` request for ``lines``; empty bytes when there is nothing to set."""
-    if not lines:
+def set_request(lines: Iterable[str]) -> bytes:
+    """A complete ``set=1`` request for ``lines``; empty bytes when there is nothing to set.
+
+    Made a few thousand lines at a time: a first pass over 100,000 peers is
+    half a million lines, which held as small strings all at once took about
+    40 MB that the allocator kept scattered among what stayed. Each batch is
+    joined and encoded (one large block, returned to the system when freed)
+    before the next is made.
+    """
+    chunks = [b"set=1\n"]
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == _LINES_A_BATCH:
+            batch.append("")
+            chunks.append("\n".join(batch).encode("ascii"))
+            batch.clear()
+    if len(chunks) == 1 and not batch:
         return b""
-    return ("set=1\n" + "\n".join(lines) + "\n\n").encode("ascii")
+    batch += ["", ""]
+    chunks.append("\n".join(batch).encode("ascii"))
+    return b"".join(chunks)

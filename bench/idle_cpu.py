@@ -67,14 +67,23 @@ def children(pid: int) -> list[int]:
         return [int(c) for c in f.read().split()]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU of the daemon and its serving process."""
-    total = 0.0
-    for p in [pid, *children(pid)]:
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-    return total
+def stat_cpu(path: str) -> float:
+    """utime + stime of a ``/proc/.../stat`` file, in seconds."""
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_parts(pid: int) -> dict[str, float]:
+    """CPU seconds of the daemon's event loop (its main thread), of its other threads (the
+    passes' workers; a process's figure keeps what its exited threads used), and of its
+    serving process."""
+    loop = stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+    return {
+        "event loop": loop,
+        "worker threads": stat_cpu(f"/proc/{pid}/stat") - loop,
+        "serving process": sum(stat_cpu(f"/proc/{c}/stat") for c in children(pid)),
+    }
 
 
 def private_kb(pid: int) -> int:
@@ -193,12 +202,13 @@ def main() -> int:
             )
             time.sleep(args.settle)
             pid = proc.pid
-            c0, w0 = cpu_seconds(pid), time.monotonic()
+            parts0, w0 = cpu_parts(pid), time.monotonic()
             rss: list[int] = []
             while time.monotonic() - w0 < args.measure:
                 time.sleep(1.0)
                 rss.append(resident_kb(pid))
-            c1, w1 = cpu_seconds(pid), time.monotonic()
+            parts1, w1 = cpu_parts(pid), time.monotonic()
+            c0, c1 = sum(parts0.values()), sum(parts1.values())
             end_rss = resident_kb(pid)
             served = served_kb(pid)
             cpu = 100 * (c1 - c0) / (w1 - w0)
@@ -209,6 +219,8 @@ def main() -> int:
                 f"{rss[-1] / 1024:.0f} MB (sampled each second; the serving process's own "
                 f"{served / 1024:.1f} MB included), VmHWM {status_kb(pid, 'VmHWM') / 1024:.0f} MB"
             )
+            split_cpu = {k: 100 * (parts1[k] - parts0[k]) / (w1 - w0) for k in parts0}
+            print("  of which " + ", ".join(f"{k} {v:.2f} %" for k, v in split_cpu.items()))
             if args.pyspy > 0 and shutil.which("py-spy"):
                 raw = Path(args.out + ".txt")
                 subprocess.run(
@@ -237,6 +249,7 @@ def main() -> int:
                 "interfaces": args.interfaces,
                 "on_interface": on_iface,
                 "idle_cpu_percent": round(cpu, 3),
+                "idle_cpu_parts": {k: round(v, 3) for k, v in split_cpu.items()},
                 "resident_mb": round(end_rss / 1024, 1),
                 "snapshot_peak_mb": round(peak / 1024, 1),
                 "repopulate_first_s": round(first, 2),

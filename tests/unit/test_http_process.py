@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from nodeagent.config.agent import HTTPConfig, LogConfig
-from nodeagent.daemon import httpprocess
+from nodeagent.daemon import httpprocess, httprelay, statusslot
 from nodeagent.daemon.httpprocess import HttpProcess, ProcessLost, ProcessServer
 from nodeagent.daemon.outputs import HttpService
 from nodeagent.publish.http import HttpServer, HttpSettings, Sources
@@ -125,6 +125,30 @@ def test_a_new_status_body_is_served_from_then_on() -> None:
     with_process(test)
 
 
+def test_a_body_too_large_for_the_shared_slot_is_sent_and_served_all_the_same() -> None:
+    async def test(process: HttpProcess, agent: Agent) -> None:
+        server = process.server(agent.sources, settings(), lambda e: None)
+        await server.start()
+        (port,) = server.ports
+
+        async def served(body: bytes) -> bytes:
+            process.publish_status(body)
+            got = b""
+            for _ in range(200):
+                _, got = await aget(port, "/status")
+                if got == body:
+                    break
+                await asyncio.sleep(0.05)
+            return got
+
+        large = b'{"node":"' + b"x" * (statusslot.CAPACITY + 1) + b'"}'
+        assert await served(large) == large
+        assert await served(b'{"node":"small"}') == b'{"node":"small"}'
+        assert await served(large) == large
+
+    with_process(test)
+
+
 def test_metrics_and_probes_are_the_agents_answers_now() -> None:
     async def test(process: HttpProcess, agent: Agent) -> None:
         server = process.server(agent.sources, settings(), lambda e: None)
@@ -162,7 +186,7 @@ def test_a_source_that_fails_fails_that_request_only() -> None:
 def test_health_says_unresponsive_when_the_agent_does_not_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(httpprocess, "ASK_TIMEOUT", 0.5)  # before the fork: the child's too
+    monkeypatch.setattr(httprelay, "ASK_TIMEOUT", 0.5)  # before the fork: the child's too
 
     async def test(process: HttpProcess, agent: Agent) -> None:
         server = process.server(agent.sources, settings(), lambda e: None)

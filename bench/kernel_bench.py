@@ -46,14 +46,21 @@ from datetime import UTC, datetime
 
 from pyroute2 import IPRoute
 
-from nodeagent.core.model import DesiredInterface, Peer, format_key
+from nodeagent.core.model import (
+    DesiredInterface,
+    Device,
+    Peer,
+    PeerTable,
+    format_key,
+    peer_record,
+)
 from nodeagent.core.reconcile import plan
 from nodeagent.core.sync import SyncOutcome, sync_interface
 from nodeagent.feed.snapshot import parse_snapshot
 from nodeagent.wireguard.netlink import codec as nlwire
 from nodeagent.wireguard.netlink.backend import MAX_PEERS, KernelBackend
 from tests.kernel.vm import in_throwaway_vm
-from tests.peerdata import feed_document, key, make_peers, make_peers_fast, v4
+from tests.peerdata import as_table, feed_document, key, make_peers, make_table_fast, v4
 
 _names = itertools.count()
 
@@ -138,23 +145,24 @@ def wg(*args: str) -> str:
     return subprocess.run(["wg", *args], check=True, capture_output=True, text=True).stdout
 
 
-def changed(desired: dict[bytes, Peer]) -> dict[bytes, Peer]:
-    """100 removed, 50 added, 50 with new allowed IPs: a 200-peer change, as a delta leaves it."""
+def changed(desired: PeerTable) -> PeerTable:
+    """100 removed, 50 added, 50 with new allowed IPs: a 200-peer change, as a delta leaves it
+    (the records of the peers it does not touch are the very ones of ``desired``)."""
     keys = sorted(desired)
-    out = dict(desired)
+    out = dict(desired.records)
     for k in keys[:100]:
         del out[k]
     for i, k in enumerate(keys[100:150]):
-        out[k] = Peer(k, frozenset({v4(i, 14)}), desired[k].preshared_key)
+        out[k] = peer_record(Peer(k, {v4(i, 14)}).routes, desired[k].preshared_key)
     for i in range(50):
         pk = key("bench-new", i)
-        out[pk] = Peer(pk, frozenset({v4(i, 15)}))
-    return out
+        out[pk] = peer_record(Peer(pk, {v4(i, 15)}).routes, None)
+    return PeerTable.of_records(out)
 
 
-def reparsed(peers: dict[bytes, Peer]) -> dict[bytes, Peer]:
-    """The same peers as fresh objects, as parsing a full snapshot leaves them."""
-    return dict(parse_snapshot(feed_document(peers, "wg0")).wireguard["wg0"].peers)
+def reparsed(peers: Mapping[bytes, Peer]) -> Mapping[bytes, Peer]:
+    """The same peers parsed afresh, as a full snapshot leaves them (no record shared)."""
+    return parse_snapshot(feed_document(dict(peers), "wg0")).wireguard["wg0"].peers
 
 
 def full_apply(name: str, desired: Mapping[bytes, Peer], **kw: int) -> float:
@@ -166,7 +174,7 @@ def million(n: int) -> dict[str, float]:
     """(d): full apply of ``n`` peers vs ``wg setconf``, fresh interfaces; our memory."""
     reset_peak()
     t_gen = time.perf_counter()
-    desired = make_peers_fast(n)
+    desired = make_table_fast(n)  # as the daemon holds them
     t_gen = time.perf_counter() - t_gen
     desired_mb = status_mb("VmRSS")
     free0 = meminfo_mb()
@@ -244,7 +252,7 @@ def main() -> None:
 
 def rows(peers: int, sweep: bool) -> dict[str, float]:
     """Rows (a) to (c) at ``peers`` peers (and the sweep): printed, and their figures."""
-    desired = make_peers(peers)
+    desired = as_table(make_peers(peers))  # as the daemon holds them
     desired2 = changed(desired)
     table: list[tuple[str, str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp, fresh_link() as ref, fresh_link() as ours:
@@ -284,8 +292,9 @@ def rows(peers: int, sweep: bool) -> dict[str, float]:
             table.append(("readback", f"(b') change of {n}, read back first", t_us, t_wg))
 
             t_wg = timed(lambda: wg("show", ref, "dump"), "wg show dump")
-            got: dict[bytes, Peer] = {}
-            t_us = timed(lambda: got.update(b.read().peers), "read")
+            reads: list[Device] = []  # the read alone is timed: no Peer is made of its table
+            t_us = timed(lambda: reads.append(b.read()), "read")
+            got = reads[0].peers
             table.append(("read", f"(c) read {len(got)} peers vs wg show dump", t_us, t_wg))
             assert got == desired2, "read-back differs"
             assert plan(desired2, got).empty

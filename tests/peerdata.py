@@ -7,9 +7,10 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nodeagent.core.model import Peer, format_key
+from nodeagent.core.model import Peer, PeerTable, format_key, peer_record
 from nodeagent.core.routes import AllowedIP, AllowedIPs
 
 
@@ -49,22 +50,46 @@ def make_peers_fast(
     packed directly (AllowedIPs.from_packed), with no text to parse and no
     AllowedIP tuple or set on the way.
     """
+    from_packed = AllowedIPs.from_packed
+    return {
+        pk: Peer(pk, from_packed([route]), psk)
+        for pk, route, psk in _fast(n, tag, v4_base, v6_base)
+    }
+
+
+def make_table_fast(
+    n: int, *, tag: str = "peer", v4_base: int = 10, v6_base: str = "fd00:8"
+) -> PeerTable:
+    """The peers of :func:`make_peers_fast` as the :class:`PeerTable` the daemon holds."""
+    return PeerTable.of_records(
+        {pk: peer_record(route, psk) for pk, route, psk in _fast(n, tag, v4_base, v6_base)}
+    )
+
+
+def _fast(
+    n: int, tag: str, v4_base: int, v6_base: str
+) -> Iterator[tuple[bytes, bytes, bytes | None]]:
+    """Each peer's key, packed routes (canonical) and preshared key, as make_peers makes them."""
     prefix = socket.inet_pton(socket.AF_INET6, f"{v6_base}::")[:12]
     hi_lo = struct.Struct(">HH").pack
     if prefix + hi_lo(1, 2) != v6((1 << 16) + 2, v6_base).address:
         raise ValueError("v6_base must leave room for two more groups")
     v4_head, v6_head = bytes((4, 32, v4_base)), bytes((16, 128)) + prefix
-    sha256, from_packed = hashlib.sha256, AllowedIPs.from_packed
+    sha256 = hashlib.sha256
     tag_b = tag.encode()
-    peers: dict[bytes, Peer] = {}
     for i in range(n):
         route = v4_head + bytes(((i >> 16) & 255, (i >> 8) & 255, i & 255))
         if i % 2 == 0:  # packed routes are canonical in this order: IPv4 sorts first
             route += v6_head + hi_lo(i >> 16, i & 0xFFFF)
-        pk = sha256(b"%b:%d" % (tag_b, i)).digest()
         psk = sha256(b"psk:%d" % i).digest() if i % 3 == 0 else None
-        peers[pk] = Peer(pk, from_packed([route]), psk)
-    return peers
+        yield sha256(b"%b:%d" % (tag_b, i)).digest(), route, psk
+
+
+def as_table(peers: Mapping[bytes, Peer]) -> PeerTable:
+    """``peers`` as the :class:`PeerTable` the daemon would hold for them."""
+    return PeerTable.of_records(
+        {k: peer_record(p.routes, p.preshared_key) for k, p in peers.items()}
+    )
 
 
 def wide_peer(n_ips: int = 300, *, shift: int = 0) -> Peer:

@@ -57,6 +57,12 @@ def _parse_network(text: str) -> tuple[bytes, int]:
     return packed, cidr
 
 
+def packed_routes(entries: list[bytes]) -> bytes:
+    """Routes already packed (a decoder's), in any order, maybe repeated, as
+    ``AllowedIPs.packed`` holds them: sorted, each once (``b""``: none)."""
+    return entries[0] if len(entries) == 1 else b"".join(sorted(set(entries)))
+
+
 def parse_packed_ip(text: str) -> bytes:
     """``AllowedIP.parse(text)`` as a packed route of :class:`AllowedIPs`, without the tuple."""
     packed, cidr = _parse_network(text)
@@ -98,7 +104,7 @@ class AllowedIPs(Collection[AllowedIP]):
         within it, that many address bytes (the decoder has checked them).
         """
         self = object.__new__(cls)
-        self.packed = entries[0] if len(entries) == 1 else b"".join(sorted(set(entries)))
+        self.packed = packed_routes(entries)
         return self
 
     def __iter__(self) -> Iterator[AllowedIP]:

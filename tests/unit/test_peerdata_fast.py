@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.peerdata import make_peers, make_peers_fast
+from tests.peerdata import as_table, make_peers, make_peers_fast, make_table_fast
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,8 @@ def test_same_peers_in_the_same_order(kw: dict[str, object]) -> None:
     slow, fast = make_peers(66_000, **kw), make_peers_fast(66_000, **kw)  # type: ignore[arg-type]
     assert list(fast) == list(slow)
     assert all(fast[k] == p for k, p in slow.items())
+    table = make_table_fast(66_000, **kw)  # type: ignore[arg-type]
+    assert list(table) == list(slow) and table == slow == as_table(slow)
 
 
 def test_refuses_a_base_make_peers_refuses() -> None:

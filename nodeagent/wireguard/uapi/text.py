@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from nodeagent.core.backend import DIGEST_MASK
 from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, PeerTable, Plan, peer_record
-from nodeagent.core.routes import AllowedIP, AllowedIPs, parse_packed_ip
+from nodeagent.core.routes import AllowedIP, packed_routes, parse_packed_ip
 from nodeagent.wireguard.uapi.segments import PEER_MARK, with_last
 
 GET_REQUEST = b"get=1\n\n"
@@ -187,7 +187,7 @@ class _DeviceReader:
                     raise UapiProtocolError("reply has a malformed allowed_ip") from None
             elif name == "public_key":
                 if current is not None:
-                    records[current] = peer_record(_routes(ips), psk)
+                    records[current] = peer_record(packed_routes(ips), psk)
                 current, psk, ips = _key(value), None, []
             elif name == "preshared_key":
                 if current is None:
@@ -211,13 +211,9 @@ class _DeviceReader:
 
     def device(self) -> Device:
         if self.current is not None:
-            self.records[self.current] = peer_record(_routes(self.ips), self.psk)
+            self.records[self.current] = peer_record(packed_routes(self.ips), self.psk)
             self.current = None
         return Device(self.private_key, self.listen_port, PeerTable.of_records(self.records))
-
-
-def _routes(ips: list[bytes]) -> bytes:
-    return AllowedIPs.from_packed(ips).packed if ips else b""
 
 
 def parse_get_reply(text: str) -> tuple[Device, int]:

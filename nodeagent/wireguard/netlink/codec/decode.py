@@ -11,8 +11,8 @@ import socket
 import struct
 from collections.abc import Callable
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, Peer
-from nodeagent.core.routes import AllowedIP, AllowedIPs
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, PeerTable, peer_record
+from nodeagent.core.routes import AllowedIP, packed_routes
 from nodeagent.wireguard.netlink.codec.constants import (
     GENL_HDR,
     NLA_F_NESTED,
@@ -160,13 +160,9 @@ class DeviceDecoder:
             self._last = key
 
     def device(self) -> Device:
-        """The device decoded so far (call after NLMSG_DONE)."""
-        empty = AllowedIPs()
-        peers = {
-            k: Peer(k, AllowedIPs.from_packed(ips) if ips else empty, psk)
-            for k, (psk, ips) in self._peers.items()
-        }
-        return Device(self.private_key, self.listen_port, peers)
+        """The device decoded so far (call after NLMSG_DONE); its peers as a :class:`PeerTable`."""
+        records = {k: peer_record(packed_routes(ips), psk) for k, (psk, ips) in self._peers.items()}
+        return Device(self.private_key, self.listen_port, PeerTable.of_records(records))
 
 
 # The kernel writes an allowed IP as CIDR_MASK, FAMILY, IPADDR; these are its

@@ -27,7 +27,10 @@ Then, with the profiler detached:
   holds the change; reported as MB and as a ratio to the resident memory;
 - repopulation: wireguard-go is stopped and started again (the same name,
   no peers, as a ``systemctl restart`` leaves it) and the time until the
-  interface holds every peer again is measured from the new daemon's start.
+  interface holds every peer again is measured from the new daemon's start,
+  beside the time until the agent noticed it (its ``interface_changed`` log
+  line, timed as it arrives: the agent's lines carry no time) and the time
+  ``wg setconf`` takes for the same peers into a fresh one.
 
 ``--json FILE`` writes the figures for ``bench/scale_table.py``. A benchmark,
 not a test.
@@ -45,8 +48,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -189,10 +194,11 @@ def main() -> int:
             "http: {listen: ['127.0.0.1:9586']}\n"
         )
         env = {"PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.env)}
-        proc = ns.popen([sys.executable, "-m", "nodeagent", "run", "-c", str(config)], env=env,
-                        capture=False)  # fmt: skip
+        proc = ns.popen([sys.executable, "-m", "nodeagent", "run", "-c", str(config)], env=env)
+        assert proc.stdout is not None
+        noticed = LogWatch(proc.stdout, "interface_changed", "present=True")
         try:
-            # The agent logs to stderr (DEVNULL here): wait on the interface instead.
+            # Its log says nothing of how far an apply got: wait on the interface.
             # wireguard-go takes at most 65,536 peers; the agent holds the rest back.
             on_iface = min(len(peers), 1 << 16)
             t_apply = max(wait_full(d.socket_path, on_iface, proc) for d in devs)
@@ -235,10 +241,10 @@ def main() -> int:
                 f"new full snapshot of {args.peers} peers: VmHWM {peak / 1024:.0f} MB, "
                 f"{peak / end_rss:.2f}x the resident {end_rss / 1024:.0f} MB"
             )
-            first, back = repopulation_seconds(dev, on_iface, proc)
+            first, back, seen = repopulation_seconds(dev, on_iface, proc, noticed)
             print(
-                f"wireguard-go restarted: the first peer back after {first:.2f} s, "
-                f"every peer after {back:.2f} s"
+                f"wireguard-go restarted: noticed by the agent after {seen:.2f} s, the first "
+                f"peer back after {first:.2f} s, every peer after {back:.2f} s"
             )
             # The agent is stopped first: it would repopulate the fresh interface itself.
             stop_agent(proc)
@@ -253,6 +259,7 @@ def main() -> int:
                 "resident_mb": round(end_rss / 1024, 1),
                 "snapshot_peak_mb": round(peak / 1024, 1),
                 "repopulate_first_s": round(first, 2),
+                "repopulate_noticed_s": round(seen, 2),
                 "repopulate_s": round(back, 2),
                 "setconf_s": round(ref, 2),
             }
@@ -296,10 +303,32 @@ def snapshot_peak(
     raise SystemExit("the new snapshot was not applied in time")
 
 
+class LogWatch:
+    """Drains the agent's output in a thread (it logs to stderr), noting when lines say ``words``.
+
+    The agent's log lines carry no time; the time each one arrived is taken here.
+    """
+
+    def __init__(self, stream: IO[str], *words: str) -> None:
+        self._stream, self._words = stream, words
+        self.seen: list[float] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self._stream:
+            if all(w in line for w in self._words):
+                self.seen.append(time.monotonic())
+
+    def first_after(self, t: float) -> float | None:
+        """Seconds from ``t`` to the first such line after it, if any came."""
+        return next((s - t for s in self.seen if s >= t), None)
+
+
 def repopulation_seconds(
-    dev: WireguardGo, n: int, proc: subprocess.Popen[str]
-) -> tuple[float, float]:
-    """Seconds from a restarted wireguard-go's start to its first peer back, and to all ``n``."""
+    dev: WireguardGo, n: int, proc: subprocess.Popen[str], noticed: LogWatch
+) -> tuple[float, float, float]:
+    """Seconds from a restarted wireguard-go's start to its first peer back, to all ``n``,
+    and to the agent's ``interface_changed`` line (``present=True``) that noticed it."""
     dev.stop()
     started = time.monotonic()
     dev.start()
@@ -312,7 +341,11 @@ def repopulation_seconds(
             if count and first is None:
                 first = time.monotonic() - started
             if count >= n:
-                return first or 0.0, time.monotonic() - started
+                back = time.monotonic() - started
+                seen = noticed.first_after(started)
+                if seen is None:
+                    raise SystemExit("the agent did not log that it noticed the new interface")
+                return first or 0.0, back, seen
         time.sleep(0.1)
     raise SystemExit("the restarted interface was not repopulated in time")
 

@@ -114,6 +114,7 @@ ROWS = (
         "<= 2 s",
         "idle",
         lambda f: (
+            f"noticed after {f['repopulate_noticed_s']:.2f} s; every peer back after "
             f"{f['repopulate_s']:.2f} s for {f['on_interface']:,} "
             f"(`wg setconf` of them into a fresh one: {f['setconf_s']:.2f} s)"
         ),

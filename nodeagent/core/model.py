@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import overload
 
 from nodeagent.core.routes import AllowedIP, AllowedIPs
 
@@ -197,6 +198,60 @@ class _TableValues(ValuesView[Peer]):
             yield peer_of_record(key, record)
 
 
+class RecordPeers(Sequence[Peer]):
+    """Peers as keys and :func:`peer_record` records, each ``Peer`` made as it is reached.
+
+    A plan's additions from a :class:`PeerTable`: a first pass adds every
+    peer, and a ``Peer`` for each of a million, all held until the plan was
+    sent, took 140 MB more than the table itself. Here the plan holds two
+    lists of references to the table's own keys and records; the encoders
+    make each ``Peer`` as they reach it and drop it, and ``apply_to`` takes
+    the records as they are.
+    """
+
+    __slots__ = ("keys", "records")
+
+    def __init__(self, keys: list[bytes], records: list[bytes]) -> None:
+        self.keys = keys
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> Peer: ...
+    @overload
+    def __getitem__(self, i: slice) -> RecordPeers: ...
+    def __getitem__(self, i: int | slice) -> Peer | RecordPeers:
+        if isinstance(i, slice):
+            return RecordPeers(self.keys[i], self.records[i])
+        return peer_of_record(self.keys[i], self.records[i])
+
+    def __iter__(self) -> Iterator[Peer]:
+        return map(peer_of_record, self.keys, self.records)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordPeers):
+            return self.keys == other.keys and self.records == other.records
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"RecordPeers(<{len(self.keys)} peers>)"
+
+
+def added_parts(add: Sequence[Peer]) -> Iterator[tuple[bytes, bytes | None, bytes]]:
+    """Each peer's key, preshared key and packed routes (of ``RecordPeers``: no Peer made)."""
+    if isinstance(add, RecordPeers):
+        psks, routes = map(record_preshared_key, add.records), map(record_routes, add.records)
+        return zip(add.keys, psks, routes, strict=True)
+    return ((p.public_key, p.preshared_key, p.routes) for p in add)
+
+
 @dataclass(frozen=True, slots=True)
 class PeerUpdate:
     """The fields of an existing peer that differ from what is desired.
@@ -228,7 +283,7 @@ class PeerUpdate:
 class Plan:
     """What to send to one interface to make it match the desired peers."""
 
-    add: tuple[Peer, ...] = ()
+    add: Sequence[Peer] = ()  # a tuple, or RecordPeers from a PeerTable
     update: tuple[PeerUpdate, ...] = ()
     remove: tuple[bytes, ...] = ()
 

@@ -14,7 +14,7 @@ from nodeagent.core.model import (
     PeerTable,
     PeerUpdate,
     Plan,
-    peer_of_record,
+    RecordPeers,
     peer_record,
     record_preshared_key,
     record_routes,
@@ -61,14 +61,14 @@ def plan(desired: Mapping[bytes, Peer], actual: Mapping[bytes, Peer]) -> Plan:
 def _plan_records(desired: Mapping[bytes, bytes], actual: Mapping[bytes, Peer]) -> Plan:
     """:func:`plan` of a :class:`PeerTable`'s records: a ``Peer`` made only for a change."""
     get = actual.records.get if isinstance(actual, PeerTable) else _record_getter(actual)
-    add: list[Peer] = []
+    added: list[bytes] = []
     update: list[PeerUpdate] = []
     for key, want in desired.items():
         have = get(key)
         if have == want:  # shared, or equal: the same peer
             continue
         if have is None:
-            add.append(peer_of_record(key, want))
+            added.append(key)
             continue
         routes, psk = record_routes(want), record_preshared_key(want)
         ips_differ = routes != record_routes(have)
@@ -81,15 +81,22 @@ def _plan_records(desired: Mapping[bytes, bytes], actual: Mapping[bytes, Peer]) 
                 preshared_key=psk if psk_differs else None,
             )
         )
+    added.sort()
+    add = RecordPeers(added, [desired[key] for key in added])  # no Peer made: made as sent
     return _sorted_plan(add, update, [key for key in actual if key not in desired])
 
 
-def _sorted_plan(add: list[Peer], update: list[PeerUpdate], remove: list[bytes]) -> Plan:
-    """The plan of these changes, sorted so that it is the same whatever the dict order was."""
-    add.sort(key=_BY_KEY)  # attrgetter: no Python frame per peer (a million are added at once)
+def _sorted_plan(
+    add: list[Peer] | RecordPeers, update: list[PeerUpdate], remove: list[bytes]
+) -> Plan:
+    """The plan of these changes, sorted so that it is the same whatever the dict order was
+    (``RecordPeers`` come sorted by key)."""
+    if isinstance(add, list):
+        add.sort(key=_BY_KEY)  # attrgetter: no Python frame per peer
     update.sort(key=_BY_KEY)
     remove.sort()
-    return Plan(add=tuple(add), update=tuple(update), remove=tuple(remove))
+    adds = tuple(add) if isinstance(add, list) else add
+    return Plan(add=adds, update=tuple(update), remove=tuple(remove))
 
 
 def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> Mapping[bytes, Peer]:
@@ -117,8 +124,11 @@ def apply_to(actual: Mapping[bytes, Peer], p: Plan) -> Mapping[bytes, Peer]:
 
 def _apply_to_records(actual: Mapping[bytes, bytes], p: Plan) -> PeerTable:
     records = dict(actual)
-    for peer in p.add:
-        records[peer.public_key] = peer_record(peer.routes, peer.preshared_key)
+    if isinstance(p.add, RecordPeers):
+        records.update(zip(p.add.keys, p.add.records, strict=True))  # the very records
+    else:
+        for peer in p.add:
+            records[peer.public_key] = peer_record(peer.routes, peer.preshared_key)
     for u in p.update:
         old = records[u.public_key]
         routes = record_routes(old) if u.allowed_ips is None else u.allowed_ips.packed

@@ -15,7 +15,7 @@ import struct
 
 import pytest
 
-from nodeagent.core.model import ZERO_KEY, Device, Peer
+from nodeagent.core.model import ZERO_KEY, Device, Peer, PeerTable
 from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.netlink import codec as nw
 from nodeagent.wireguard.uapi import text as uapi_text
@@ -265,6 +265,8 @@ def test_kernel_digest_ignores_where_the_dump_splits_and_the_peer_order() -> Non
         assert dump_digest(dump) == digest
         got = read_device(dump)
         assert got == dev and got.digest == digest
+        # Held as records, no Peer made (a wide peer's routes split over messages, merged).
+        assert isinstance(got.peers, PeerTable)
 
 
 def test_kernel_digest_ignores_activity_and_takes_the_fast_path() -> None:

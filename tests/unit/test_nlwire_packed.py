@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import ZERO_KEY, Peer, Plan
+from nodeagent.core.model import ZERO_KEY, Peer, PeerTable, Plan, RecordPeers
+from nodeagent.core.reconcile import plan
 from nodeagent.core.routes import AllowedIP, AllowedIPs
 from nodeagent.wireguard.netlink import codec as nw
 from nodeagent.wireguard.netlink.codec import encode
-from tests.peerdata import key
+from tests.peerdata import key, make_peers
 
 FAMILY = 0x20
 K = bytes(range(32))
@@ -117,6 +118,17 @@ def test_same_plan_same_bytes_whatever_the_input_order() -> None:
     a = Plan(add=(Peer(K, ips, PSK),))
     b = Plan(add=(Peer(K, list(reversed(ips)), PSK),))
     assert nw.encode_set_device(FAMILY, "wg0", a) == nw.encode_set_device(FAMILY, "wg0", b)
+
+
+def test_a_tables_plan_is_encoded_as_the_same_peers_plan_is() -> None:
+    peers = make_peers(300)  # IPv4 and IPv6 routes, a preshared key on every third
+    table = PeerTable(peers.values())
+    from_table, from_dict = plan(table, {}), plan(peers, {})
+    assert isinstance(from_table.add, RecordPeers) and isinstance(from_dict.add, tuple)
+    assert nw.plan_ops(from_table) == nw.plan_ops(from_dict)
+    assert nw.encode_set_device(FAMILY, "wg0", from_table) == nw.encode_set_device(
+        FAMILY, "wg0", from_dict
+    )
 
 
 def test_bad_keys_are_refused_on_both_paths() -> None:

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.core.model import DesiredInterface, Peer, PeerTable, PeerUpdate, Plan
+from nodeagent.core.model import (
+    DesiredInterface,
+    Peer,
+    PeerTable,
+    PeerUpdate,
+    Plan,
+    RecordPeers,
+)
 from nodeagent.core.reconcile import apply_to, plan, share_equal
 from nodeagent.core.routes import AllowedIP
 from tests.peerdata import key, make_peers
@@ -132,6 +139,28 @@ def test_tables_plan_and_apply_as_dicts_do(
     after = apply_to(have, p)
     assert isinstance(after, PeerTable) and after == apply_to(held, p) == desired
     assert plan(want, after).empty
+
+
+@settings(max_examples=300)
+@given(states, states, st.integers(0, 8))
+def test_a_tables_additions_are_its_own_records_until_each_peer_is_sent(
+    desired: dict[bytes, Peer], held: dict[bytes, Peer], room: int
+) -> None:
+    want = PeerTable(desired.values())
+    p = plan(want, held)
+    assert isinstance(p.add, RecordPeers)
+    assert all(r is want.records[k] for k, r in zip(p.add.keys, p.add.records, strict=True))
+    as_tuple = tuple(desired[k] for k in sorted(set(desired) - set(held)))
+    assert p.add == as_tuple and as_tuple == p.add and hash(p.add) == hash(as_tuple)
+    assert list(p.add) == list(as_tuple) and len(p.add) == len(as_tuple)
+    assert [p.add[i] for i in range(len(p.add))] == list(as_tuple)
+    first = p.add[:room]  # what fits under a backend's limit
+    assert isinstance(first, RecordPeers) and first == as_tuple[:room]
+    # Applied to a table, the additions are the desired table's very records.
+    after = apply_to(PeerTable(held.values()), p)
+    assert isinstance(after, PeerTable)
+    assert all(after.records[k] is want.records[k] for k in p.add.keys)
+    assert repr(p.add) == f"RecordPeers(<{len(p.add)} peers>)"  # no key
 
 
 @settings(max_examples=300)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.core.backend import BackendError, InterfaceMissing
-from nodeagent.core.model import ZERO_KEY, Device, Peer, PeerUpdate, Plan
+from nodeagent.core.model import ZERO_KEY, Device, Peer, PeerTable, PeerUpdate, Plan, RecordPeers
 from nodeagent.core.reconcile import plan
 from nodeagent.core.routes import AllowedIP
 from nodeagent.wireguard.uapi import text as uapi_text
@@ -285,3 +285,10 @@ def test_backend_missing_socket() -> None:
     with pytest.raises(InterfaceMissing) as e:
         UapiBackend("wgx", "/run/x/wgx.sock", exchange_fn=absent).read()
     assert "/run/x" not in str(e.value)
+
+
+def test_a_tables_plan_is_sent_as_the_same_peers_plan_is() -> None:
+    peers = make_peers(300)  # IPv4 and IPv6 routes, a preshared key on every third
+    from_table = plan(PeerTable(peers.values()), {})
+    assert isinstance(from_table.add, RecordPeers)
+    assert uapi_text.plan_request(from_table) == uapi_text.plan_request(plan(peers, {}))

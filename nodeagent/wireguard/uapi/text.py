@@ -18,8 +18,16 @@ import re
 from collections.abc import Iterable, Iterator
 
 from nodeagent.core.backend import DIGEST_MASK
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, Device, PeerTable, Plan, peer_record
-from nodeagent.core.routes import AllowedIP, packed_routes, parse_packed_ip
+from nodeagent.core.model import (
+    KEY_LEN,
+    ZERO_KEY,
+    Device,
+    PeerTable,
+    Plan,
+    added_parts,
+    peer_record,
+)
+from nodeagent.core.routes import AllowedIP, AllowedIPs, packed_routes, parse_packed_ip
 from nodeagent.wireguard.uapi.segments import PEER_MARK, with_last
 
 GET_REQUEST = b"get=1\n\n"
@@ -292,12 +300,12 @@ _LINES_A_BATCH = 4096
 
 
 def _plan_lines(plan: Plan) -> Iterator[str]:
-    for peer in plan.add:
-        yield f"public_key={peer.public_key.hex()}"
-        if peer.preshared_key is not None:
-            yield f"preshared_key={peer.preshared_key.hex()}"
+    for key, psk, routes in added_parts(plan.add):  # a table's: no Peer made on the way
+        yield f"public_key={key.hex()}"
+        if psk is not None:
+            yield f"preshared_key={psk.hex()}"
         yield "replace_allowed_ips=true"
-        yield from _ips(peer.allowed_ips)
+        yield from _ips(AllowedIPs.canonical(routes))
     for u in plan.update:
         yield f"public_key={u.public_key.hex()}"
         yield "update_only=true"

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from nodeagent.core.model import KEY_LEN, ZERO_KEY, Plan
+from nodeagent.core.model import KEY_LEN, ZERO_KEY, Plan, added_parts
 from nodeagent.core.names import is_interface_name
 from nodeagent.core.routes import AllowedIPs
 from nodeagent.wireguard.netlink.codec.constants import (
@@ -128,8 +128,9 @@ def iter_plan_ops(plan: Plan) -> Iterator[PeerOp]:
     """
     # What PeerOp() does, without its Python-level __new__: a full apply makes one a peer.
     new, replace = tuple.__new__, WGPEER_F_REPLACE_ALLOWEDIPS
-    for p in plan.add:
-        yield new(PeerOp, (p.public_key, replace, p.preshared_key, p.allowed_ips))
+    canonical = AllowedIPs.canonical
+    for k, psk, routes in added_parts(plan.add):  # a table's: no Peer made on the way
+        yield new(PeerOp, (k, replace, psk, canonical(routes)))
     for u in plan.update:
         flags = WGPEER_F_UPDATE_ONLY
         if u.allowed_ips is not None:

@@ -2,9 +2,9 @@
 
 The agent renders a status body each load sample (every second). Sent as a
 message, each one woke the serving process for nothing but to keep it: a
-turn of its event loop, a read and an unpickling a second, a third of an
-idle agent's CPU with the load sampler's thread. Written here instead, it
-costs the agent a copy, and the serving process reads it only when a
+turn of its event loop, a read and an unpickling a second, 0.04-0.05 % of a
+core of an idle agent's 0.23-0.26 %. Written here instead, it costs the
+agent a copy, and the serving process reads it (1.4 µs) only when a
 ``/status`` request comes.
 
 The slot is one anonymous shared mapping made before the fork: a sequence

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import generate_latest
 
 from nodeagent import __version__
@@ -26,7 +26,7 @@ from nodeagent.config.agent import HTTPConfig, TLSConfig
 from nodeagent.core.sync import SyncOutcome
 from nodeagent.load.counters import LinkCounters
 from nodeagent.load.meter import PROBLEM_INTERFACE_MISSING, LoadReport
-from nodeagent.publish.http import HttpServer, Sources, make_app
+from nodeagent.publish.http import HttpServer, Sources, make_handler
 from nodeagent.publish.metrics import AgentMetrics, MirroredState
 from nodeagent.publish.status import StatusBoard, encode, status_document
 
@@ -115,11 +115,9 @@ class State:
 
 
 @pytest.fixture
-async def state_client() -> AsyncIterator[
-    tuple[State, TestClient[aiohttp.web.Request, aiohttp.web.Application]]
-]:
+async def state_client() -> AsyncIterator[tuple[State, TestClient[aiohttp.web.BaseRequest, None]]]:
     state = State()
-    async with TestClient(TestServer(make_app(state.sources(), lambda: TOKEN))) as client:
+    async with TestClient(RawTestServer(make_handler(state.sources(), lambda: TOKEN))) as client:
         yield state, client
 
 
@@ -157,6 +155,47 @@ async def test_token_required(
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert (await client.get(path, headers=AUTH)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "authorized", "expected"),
+    [
+        ("HEAD", "/status", True, 200),
+        ("HEAD", "/healthz", False, 200),
+        ("POST", "/status", False, 401),  # the token first: a 405 would confirm the path
+        ("POST", "/status", True, 405),
+        ("DELETE", "/healthz", False, 405),
+        ("GET", "/status/", True, 404),
+        ("GET", "/", False, 404),
+        ("POST", "/nowhere", True, 404),
+        ("GET", "/status?x=1", True, 200),
+    ],
+)
+async def test_paths_and_methods(
+    state_client: tuple[State, TestClient],  # type: ignore[type-arg]
+    method: str,
+    path: str,
+    authorized: bool,
+    expected: int,
+) -> None:
+    _, client = state_client
+    resp = await client.request(method, path, headers=AUTH if authorized else {})
+    assert resp.status == expected
+    if expected == 405:
+        assert resp.headers["Allow"] == "GET,HEAD"
+    if method == "HEAD":
+        assert await resp.read() == b""
+
+
+@pytest.mark.parametrize(("expect", "status"), [("100-continue", 200), ("", 200), ("x", 417)])
+async def test_expect_header(
+    state_client: tuple[State, TestClient],  # type: ignore[type-arg]
+    expect: str,
+    status: int,
+) -> None:
+    _, client = state_client
+    resp = await client.get("/healthz", headers={"Expect": expect})
+    assert resp.status == status
 
 
 async def test_probes_need_no_token(state_client: tuple[State, TestClient]) -> None:  # type: ignore[type-arg]
@@ -265,7 +304,7 @@ async def test_scrape_never_touches_the_sampler() -> None:
         health=lambda: None,
         ready=lambda: None,
     )
-    async with TestClient(TestServer(make_app(sources))) as client:
+    async with TestClient(RawTestServer(make_handler(sources))) as client:
         for _ in range(20):
             assert (await client.get("/status")).status == 200
             assert (await client.get("/metrics")).status == 200

@@ -134,8 +134,6 @@ def _run(config: Config) -> int:
     from nodeagent.daemon.httpprocess import HttpProcess
     from nodeagent.daemon.memory import tune_malloc
 
-    tune_malloc()
-
     def configure_logging(c: LogConfig) -> None:
         setup_logging(c.level, c.format)
 
@@ -145,6 +143,7 @@ def _run(config: Config) -> int:
     http_process = None
     if config.http is not None:
         http_process = HttpProcess.fork(loop_exception_handler, configure_logging)
+    tune_malloc()  # the agent's: the serving process sets its own (memory.SERVING_THRESHOLD)
     # The agent's own modules come after the fork: pages that only the agent uses are
     # its alone, and its writes to them copy nothing the serving process holds.
     from nodeagent.daemon.agent import Agent

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from nodeagent.config.agent import LogConfig
+from nodeagent.daemon.memory import SERVING_THRESHOLD, tune_malloc
 from nodeagent.daemon.statusslot import StatusSlot
 from nodeagent.publish.http import HttpServer, HttpSettings
 
@@ -80,6 +81,7 @@ def serve(
         asyncio.get_running_loop().set_exception_handler(loop_handler)
         await _Relay(configure, slot).run(sock)
 
+    tune_malloc(SERVING_THRESHOLD)
     asyncio.run(main())
 
 

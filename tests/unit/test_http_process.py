@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.client
 import json
 import os
 import signal
@@ -327,6 +328,32 @@ def test_the_daemon_serves_from_its_child_and_from_itself_once_the_child_is_gone
         assert port in listening
     assert agent.returncode == 0, daemon.stderr
     assert f"http_process_lost pid={child}" in daemon.stderr
+
+
+def minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[7])
+
+
+def test_the_child_maps_no_memory_for_each_request(tmp_path: Path) -> None:
+    """Under the agent's fixed malloc thresholds, asyncio's 256 KB receive buffer
+    would be mapped (a page fault at least) and unmapped at every request."""
+    cfg, port = served_config(tmp_path)
+    with running_daemon(cfg) as daemon:
+        wait_until(lambda: status_from(port) == 200)
+        (child,) = children(daemon.process.pid)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+        def requests(n: int) -> None:
+            for _ in range(n):
+                conn.request("GET", "/status")
+                assert conn.getresponse().read()
+
+        requests(50)  # what the first requests set up
+        before = minor_faults(child)
+        requests(500)
+        conn.close()
+        assert minor_faults(child) - before < 100
+    assert daemon.process.returncode == 0, daemon.stderr
 
 
 def test_without_an_http_section_the_daemon_does_not_fork(tmp_path: Path) -> None:
